@@ -1,0 +1,177 @@
+"""Shamir secret sharing (Shamir 1979), vectorized over many secrets with numpy.
+
+Field: GF(p) with p = 2^32 - 5, the largest 32-bit prime, so a product of two elements fits in an
+unsigned 64-bit word and every field operation is one numpy expression over whole arrays.
+A secret of L bytes is split into 31-bit limbs (each < p) and every limb is shared with its own
+random polynomial of degree t-1; a share of one secret is ``limbs`` field elements.
+
+Sharing evaluates all polynomials of all secrets at all points in ``t`` vector operations (Horner),
+and reconstruction is a dot product with Lagrange coefficients at zero, computed once per holder
+set and cached (the server reuses one set for many secrets: Bonawitz et al. 2017, section 6.2 notes
+unmasking cost is dominated by the PRG, which holds only if this part is vectorized).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from secagg.crypto import rng
+
+PRIME = 4294967291  # 2^32 - 5
+LIMB_BITS = 31
+_P = np.uint64(PRIME)
+
+U64Array = npt.NDArray[np.uint64]
+
+
+def limbs_for(secret_bytes: int) -> int:
+    """Number of field elements in one share of a ``secret_bytes``-byte secret."""
+    return -(-secret_bytes * 8 // LIMB_BITS)
+
+
+def _to_limbs(secrets: Sequence[bytes], secret_bytes: int) -> U64Array:
+    limbs = limbs_for(secret_bytes)
+    out = np.empty((len(secrets), limbs), dtype=np.uint64)
+    mask = (1 << LIMB_BITS) - 1
+    for row, secret in enumerate(secrets):
+        if len(secret) != secret_bytes:
+            raise ValueError(f"every secret must be {secret_bytes} bytes")
+        value = int.from_bytes(secret, "little")
+        out[row] = [(value >> (LIMB_BITS * i)) & mask for i in range(limbs)]
+    return out
+
+
+def _from_limbs(limbs: U64Array, secret_bytes: int) -> list[bytes]:
+    secrets = []
+    top = 1 << (8 * secret_bytes)
+    for row in limbs.tolist():
+        value = sum(int(v) << (LIMB_BITS * i) for i, v in enumerate(row))
+        if value >= top or any(v >= 1 << LIMB_BITS for v in row):
+            # Inconsistent shares interpolate to garbage; never return it as a key.
+            raise ValueError("shares are inconsistent (reconstructed value out of range)")
+        secrets.append(value.to_bytes(secret_bytes, "little"))
+    return secrets
+
+
+def split(secrets: Sequence[bytes], threshold: int, points: Sequence[int]) -> U64Array:
+    """Share every secret at every evaluation point.
+
+    Args:
+        secrets: m secrets, all of the same length.
+        threshold: t, the number of shares that reconstruct (polynomial degree t-1).
+        points: the n distinct non-zero evaluation points (party id + 1).
+
+    Returns:
+        An array of shape (n, m, limbs): ``shares[i]`` goes to the holder of ``points[i]``.
+    """
+    if not secrets:
+        raise ValueError("nothing to share")
+    secret_bytes = len(secrets[0])
+    xs = np.asarray(points, dtype=np.uint64)
+    if threshold < 1 or threshold > len(points):
+        raise ValueError("need 1 <= threshold <= number of points")
+    if np.any(xs == 0) or np.any(xs >= _P) or len(set(points)) != len(points):
+        raise ValueError("evaluation points must be distinct and in [1, p)")
+    constant = _to_limbs(secrets, secret_bytes)  # (m, limbs)
+    shape = constant.shape
+    # Coefficients 1..t-1 uniformly in [0, p): draw 64-bit words, reject the rare ones >= p*k.
+    coeffs = _uniform_field((threshold - 1, *shape))
+    # Horner: f(x) = c0 + x (c1 + x (c2 + ...)), all points and secrets at once.
+    acc = np.zeros((len(xs), *shape), dtype=np.uint64)
+    x = xs[:, None, None]
+    for j in range(threshold - 2, -1, -1):
+        acc = (acc * x % _P + coeffs[j][None]) % _P
+    return (acc * x % _P + constant[None]) % _P
+
+
+def _uniform_field(shape: tuple[int, ...]) -> U64Array:
+    count = int(np.prod(shape))
+    limit = np.uint64((2**64 // PRIME) * PRIME)
+    words = rng.random_words(count, np.uint64)
+    bad = words >= limit
+    while np.any(bad):  # probability ~2^-32 per word
+        words[bad] = rng.random_words(int(bad.sum()), np.uint64)
+        bad = words >= limit
+    return (words % _P).reshape(shape)
+
+
+@functools.lru_cache(maxsize=4096)
+def lagrange_at_zero(points: tuple[int, ...]) -> U64Array:
+    """Lagrange coefficients l_i with f(0) = sum_i l_i f(x_i), for a set of holders (cached)."""
+    xs = [int(x) % PRIME for x in points]
+    if len(set(xs)) != len(xs) or 0 in xs:
+        raise ValueError("evaluation points must be distinct and non-zero")
+    n = len(xs)
+    x = np.asarray(xs, dtype=np.uint64)
+    # numerator_i = prod_{j != i} x_j ; denominator_i = prod_{j != i} (x_j - x_i)
+    diff = (x[None, :] + _P - x[:, None]) % _P  # diff[i, j] = x_j - x_i
+    np.fill_diagonal(diff, 1)
+    num = np.broadcast_to(x[None, :], (n, n)).copy()
+    np.fill_diagonal(num, 1)
+    numer = _prod_mod(num)
+    denom = _prod_mod(diff)
+    inv = np.asarray([pow(int(d), PRIME - 2, PRIME) for d in denom.tolist()], dtype=np.uint64)
+    coeffs = numer * inv % _P
+    coeffs.setflags(write=False)
+    return coeffs
+
+
+def _prod_mod(matrix: U64Array) -> U64Array:
+    """Row-wise product modulo p by pairwise halving (log2(n) vector steps)."""
+    m = matrix
+    while m.shape[1] > 1:
+        if m.shape[1] % 2:
+            m = np.concatenate([m, np.ones((m.shape[0], 1), dtype=np.uint64)], axis=1)
+        m = m[:, 0::2] * m[:, 1::2] % _P
+    return m[:, 0]
+
+
+def reconstruct(points: Sequence[int], shares: U64Array, secret_bytes: int) -> list[bytes]:
+    """Recover m secrets from the shares of the same t holders.
+
+    Args:
+        points: the holders' evaluation points (t of them, distinct, non-zero).
+        shares: array (t, m, limbs): ``shares[i]`` is what the holder of ``points[i]`` revealed.
+        secret_bytes: the secrets' length.
+
+    Raises:
+        ValueError: shapes do not match, or the shares are inconsistent.
+    """
+    if len(points) != np.shape(shares)[0]:
+        raise ValueError("shares must have shape (len(points), m, limbs)")
+    return reconstruct_with(
+        lagrange_at_zero(tuple(int(p) for p in points)), shares, secret_bytes
+    )
+
+
+def lagrange_at_zero_excluding(points: tuple[int, ...], excluded: int) -> U64Array:
+    """Coefficients for ``points`` minus the point ``excluded``, derived in O(t) from the cached
+    coefficients of the whole set: l_i(S \\ {u}) = l_i(S) (x_u - x_i) / x_u.
+
+    The server uses this when many secrets share one holder set except for their own owner
+    (the complete graph), so it computes one full set of coefficients instead of t of them.
+    """
+    base = lagrange_at_zero(points)
+    idx = points.index(excluded)
+    x = np.asarray(points, dtype=np.uint64)
+    xu = np.uint64(excluded % PRIME)
+    inv_xu = np.uint64(pow(int(xu), PRIME - 2, PRIME))
+    factor = (xu + _P - x) % _P * inv_xu % _P
+    coeffs = base * factor % _P
+    return np.delete(coeffs, idx)
+
+
+def reconstruct_with(coeffs: U64Array, shares: U64Array, secret_bytes: int) -> list[bytes]:
+    """Like :func:`reconstruct` with precomputed Lagrange coefficients (one per share row)."""
+    shares = np.asarray(shares, dtype=np.uint64)
+    if shares.ndim != 3 or shares.shape[0] != len(coeffs):
+        raise ValueError("shares must have shape (len(coeffs), m, limbs)")
+    if shares.shape[2] != limbs_for(secret_bytes) or np.any(shares >= _P):
+        raise ValueError("malformed shares")
+    # Each product is < 2^64 after reduction; summing t < 2^31 reduced terms cannot overflow.
+    acc = (shares * coeffs[:, None, None] % _P).sum(axis=0, dtype=np.uint64) % _P
+    return _from_limbs(acc, secret_bytes)
