@@ -71,18 +71,18 @@ MAX_WEIGHT = 1000.0
 
 
 def _import_flower() -> dict[str, Any]:
-    import flwr
+    """Import the Flower pieces lazily, so this module imports without flwr."""
     import flwr.compat.common.recorddict_compat as compat
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
     from flwr.client.mod import secaggplus_mod
     from flwr.common import (
         Code,
         FitRes,
-        Parameters,
         Status,
         ndarrays_to_parameters,
         parameters_to_ndarrays,
     )
+    from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.server.client_manager import SimpleClientManager
     from flwr.server.client_proxy import ClientProxy
     from flwr.server.compat.legacy_context import LegacyContext
@@ -90,11 +90,33 @@ def _import_flower() -> dict[str, Any]:
     from flwr.server.workflow import SecAggPlusWorkflow
     from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
     from flwr.server.workflow.constant import Key as WorkflowKey
-    from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.serverapp.grid import Grid
     from flwr.supercore.task_identity import TaskIdentity
 
-    return locals()
+    return {
+        "compat": compat,
+        "ConfigRecord": ConfigRecord,
+        "Context": Context,
+        "Message": Message,
+        "RecordDict": RecordDict,
+        "secaggplus_mod": secaggplus_mod,
+        "Code": Code,
+        "FitRes": FitRes,
+        "Status": Status,
+        "ndarrays_to_parameters": ndarrays_to_parameters,
+        "parameters_to_ndarrays": parameters_to_ndarrays,
+        "SUPERLINK_NODE_ID": SUPERLINK_NODE_ID,
+        "SimpleClientManager": SimpleClientManager,
+        "ClientProxy": ClientProxy,
+        "LegacyContext": LegacyContext,
+        "FedAvg": FedAvg,
+        "SecAggPlusWorkflow": SecAggPlusWorkflow,
+        "MAIN_CONFIGS_RECORD": MAIN_CONFIGS_RECORD,
+        "MAIN_PARAMS_RECORD": MAIN_PARAMS_RECORD,
+        "WorkflowKey": WorkflowKey,
+        "Grid": Grid,
+        "TaskIdentity": TaskIdentity,
+    }
 
 
 def run_flower_secaggplus(
@@ -114,7 +136,7 @@ def run_flower_secaggplus(
     F = _import_flower()
     compat = F["compat"]
     Message, RecordDict, Context = F["Message"], F["RecordDict"], F["Context"]
-    ConfigRecord, ArrayRecord = F["ConfigRecord"], F["ArrayRecord"]
+    ConfigRecord = F["ConfigRecord"]
     secaggplus_mod = F["secaggplus_mod"]
     FitRes, Status, Code = F["FitRes"], F["Status"], F["Code"]
 
@@ -295,8 +317,10 @@ def run_flower_secaggplus(
             if name == "unmask":
                 dt -= captured.get("aggregate_fit_seconds", 0.0)
             stage_seconds[name] = dt
-            say(f"server stage {name} done: server {dt:.3f}s (routing+clients "
-                f"{grid_seconds - g0:.3f}s)")
+            say(
+                f"server stage {name} done: server {dt:.3f}s (routing+clients "
+                f"{grid_seconds - g0:.3f}s)"
+            )
             return bool(ok)
 
         def setup_stage(self, grid, context, state):  # type: ignore[no-untyped-def]
@@ -327,7 +351,6 @@ def run_flower_secaggplus(
     context.state.array_records[F["MAIN_PARAMS_RECORD"]] = compat.parameters_to_arrayrecord(
         F["ndarrays_to_parameters"]([np.zeros(1, dtype=np.float32)]), keep_input=True
     )
-    _ = ArrayRecord  # imported for completeness of the record API
 
     workflow = _StageTimedWorkflow(
         num_shares=num_shares,
@@ -339,8 +362,7 @@ def run_flower_secaggplus(
     )
     grid = _InMemoryGrid()
 
-    say(f"n={n} dim={dim} shares={num_shares} t={reconstruction_threshold} "
-        f"dropped={len(dropped)}")
+    say(f"n={n} dim={dim} shares={num_shares} t={reconstruction_threshold} dropped={len(dropped)}")
     t0 = time.perf_counter()
     workflow(grid, context)
     total = time.perf_counter() - t0
@@ -360,14 +382,20 @@ def run_flower_secaggplus(
     got_sum = got_mean * n_surv
     max_err = float(np.max(np.abs(got_sum - expected))) if dim else 0.0
     tol = n_surv * (2 * clipping_range / quantization_range) + 1e-6 * n_surv
-    correct = bool(got_mean.shape == (dim,) and max_err <= tol
-                   and captured["num_results"] == n_surv)
+    correct = bool(
+        got_mean.shape == (dim,) and max_err <= tol and captured["num_results"] == n_surv
+    )
 
     def summary(xs: list[float]) -> dict[str, float]:
         if not xs:
             return {"mean": 0.0, "max": 0.0, "min": 0.0, "count": 0}
-        return {"mean": statistics.fmean(xs), "max": max(xs), "min": min(xs),
-                "median": statistics.median(xs), "count": len(xs)}
+        return {
+            "mean": statistics.fmean(xs),
+            "max": max(xs),
+            "min": min(xs),
+            "median": statistics.median(xs),
+            "count": len(xs),
+        }
 
     surv_times = [client_time[nid] for nid in survivors if nid in timed]
     drop_times = [client_time[nid] for nid in dropped if nid in timed]
@@ -415,9 +443,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     a = p.parse_args(argv)
     res = run_flower_secaggplus(
-        a.clients, a.dim, a.num_shares, a.threshold, a.dropout, seed=a.seed,
-        clipping_range=a.clipping_range, quantization_range=a.quantization_range,
-        modulus_range=a.modulus_range, timed_clients=a.timed_clients, progress=not a.quiet,
+        a.clients,
+        a.dim,
+        a.num_shares,
+        a.threshold,
+        a.dropout,
+        seed=a.seed,
+        clipping_range=a.clipping_range,
+        quantization_range=a.quantization_range,
+        modulus_range=a.modulus_range,
+        timed_clients=a.timed_clients,
+        progress=not a.quiet,
     )
     if a.json:
         print(json.dumps(res))

@@ -175,28 +175,72 @@ def pack(words: Words, modulus_bits: int) -> bytes:
     return out.tobytes()[: packed_size(count, modulus_bits)]
 
 
+def _check_size(data: bytes, modulus_bits: int, count: int) -> None:
+    if len(data) != packed_size(count, modulus_bits):
+        raise EncodingError(
+            f"packed vector has {len(data)} bytes, expected {packed_size(count, modulus_bits)}"
+        )
+
+
 def unpack(data: bytes, modulus_bits: int, count: int) -> Words:
     """Inverse of :func:`pack`; strict about length and padding.
 
     Raises:
         EncodingError: wrong length or non-zero padding bits.
     """
-    dtype = word_dtype(modulus_bits)
-    if len(data) != packed_size(count, modulus_bits):
-        raise EncodingError(
-            f"packed vector has {len(data)} bytes, expected {packed_size(count, modulus_bits)}"
-        )
-    raw = np.frombuffer(data, dtype=np.uint8)
-    if modulus_bits % 8 == 0:
-        nbytes = modulus_bits // 8
-        out = np.zeros((count, dtype.itemsize), dtype=np.uint8)
-        out[:, :nbytes] = raw.reshape(count, nbytes)
-        return out.reshape(-1).view(dtype.newbyteorder("<")).astype(dtype)
+    out = np.zeros(count, dtype=word_dtype(modulus_bits))
+    add_packed(out, data, modulus_bits)
+    return out
+
+
+def add_packed(accumulator: Words, data: bytes, modulus_bits: int) -> None:
+    """``accumulator += unpack(data)`` modulo 2^w, without materializing the unpacked vector.
+
+    Value i of each 8-value group starts at bit i*B of the group: it is read with one unaligned
+    64-bit load at byte (i*B)//8 of every group (a strided view), shifted and masked, and added to
+    every 8th coordinate. Eight such passes cover the vector (B <= 57 fits one load).
+
+    Raises:
+        EncodingError: wrong length or non-zero padding bits.
+    """
+    count = accumulator.size
+    _check_size(data, modulus_bits, count)
+    dtype = accumulator.dtype
+    if dtype != word_dtype(modulus_bits) and dtype.itemsize * 8 < modulus_bits:
+        raise EncodingError("accumulator words are narrower than the modulus")
+    if modulus_bits == dtype.itemsize * 8:
+        values = np.frombuffer(data, dtype=dtype.newbyteorder("<"))
+        np.add(accumulator, values.astype(dtype, copy=False), out=accumulator)
+        return
+    if modulus_bits > 57:
+        # Rare widths: unpack through 64-bit lanes of whole groups (slower, still vectorized).
+        values = _unpack_wide(data, modulus_bits, count)
+        np.add(accumulator, values.astype(dtype, copy=False), out=accumulator)
+        return
+    groups = -(-count // 8)
+    buf = bytearray(groups * modulus_bits + 8)  # room for the last unaligned 64-bit load
+    buf[: len(data)] = data
+    mask = np.uint64((1 << modulus_bits) - 1)
+    for i in range(8):
+        byte, shift = divmod(i * modulus_bits, 8)
+        n_i = len(range(i, count, 8))
+        lanes = np.ndarray((groups,), dtype="<u8", buffer=buf, offset=byte, strides=(modulus_bits,))
+        values = (lanes >> np.uint64(shift)) & mask
+        if np.any(values[n_i:]):
+            raise EncodingError("non-zero padding bits in packed vector")
+        target = accumulator[i::8]
+        np.add(target, values[:n_i].astype(dtype, copy=False), out=target)
+    tail_bits = len(data) * 8 - count * modulus_bits
+    if tail_bits and data[-1] >> (8 - tail_bits):
+        raise EncodingError("non-zero padding bits in packed vector")
+
+
+def _unpack_wide(data: bytes, modulus_bits: int, count: int) -> Words:
     groups = -(-count // 8)
     nlanes = -(-modulus_bits // 8)
     padded = np.zeros((groups, nlanes * 8), dtype=np.uint8)
     flat = np.zeros(groups * modulus_bits, dtype=np.uint8)
-    flat[: raw.size] = raw
+    flat[: len(data)] = np.frombuffer(data, dtype=np.uint8)
     padded[:, :modulus_bits] = flat.reshape(groups, modulus_bits)
     lanes = padded.view("<u8").astype(np.uint64)
     mask = np.uint64((1 << modulus_bits) - 1)
@@ -209,4 +253,7 @@ def unpack(data: bytes, modulus_bits: int, count: int) -> Words:
     flat_values = values.reshape(-1)
     if np.any(flat_values[count:]):
         raise EncodingError("non-zero padding bits in packed vector")
-    return flat_values[:count].astype(dtype)
+    tail_bits = len(data) * 8 - count * modulus_bits
+    if tail_bits and data[-1] >> (8 - tail_bits):
+        raise EncodingError("non-zero padding bits in packed vector")
+    return flat_values[:count]

@@ -1,0 +1,78 @@
+"""Frozen, validated configuration of one secure aggregation round.
+
+Every party and the server build the same :class:`RoundConfig` (the host distributes it, for
+example with the round's task). Validation happens once, here, so the engines can rely on it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from secagg.encoding import MAX_MODULUS_BITS
+from secagg.errors import ConfigError
+from secagg.graph import NeighborGraph
+
+SESSION_ID_BYTES = 16
+#: Hard ceiling on any wire message (a masked vector of 2^27 64-bit words).
+MAX_MESSAGE_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """Everything the parties and the server must agree on before a round starts.
+
+    Attributes:
+        session_id: 16 random bytes naming this round's session; bound into every key and message.
+        round_index: the training round (keys and masks never repeat across rounds).
+        graph: who masks with whom and who holds whose shares (parties are ``0..n-1``).
+        threshold: t, the number of neighbour shares that reconstruct a secret; also the fewest
+            survivors for which the server may learn a sum.
+        dim: the length of every input vector.
+        modulus_bits: B; inputs, masks and sums live in Z_(2^B).
+        active: the active-adversary mode (Ed25519-signed keys and a consistency check).
+        verify_keys: parties' long-term Ed25519 public keys, required in active mode
+            (the PKI of Bonawitz et al. 2017, section 4, "active security").
+    """
+
+    session_id: bytes
+    round_index: int
+    graph: NeighborGraph
+    threshold: int
+    dim: int
+    modulus_bits: int
+    active: bool = False
+    verify_keys: tuple[bytes, ...] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.session_id, bytes) or len(self.session_id) != SESSION_ID_BYTES:
+            raise ConfigError(f"session_id must be {SESSION_ID_BYTES} bytes")
+        if not 0 <= self.round_index < 2**63:
+            raise ConfigError("round_index must be in [0, 2^63)")
+        n = self.graph.n
+        if n < 2:
+            raise ConfigError("need at least 2 parties")
+        min_degree = min(len(nb) for nb in self.graph.neighbors)
+        if not 1 <= self.threshold <= min_degree:
+            raise ConfigError(
+                f"threshold must be in [1, {min_degree}] (the smallest neighbourhood), got"
+                f" {self.threshold}"
+            )
+        if self.dim < 1:
+            raise ConfigError("dim must be positive")
+        if not 2 <= self.modulus_bits <= MAX_MODULUS_BITS:
+            raise ConfigError(f"modulus_bits must be in [2, {MAX_MODULUS_BITS}]")
+        if math.ceil(self.dim * self.modulus_bits / 8) > MAX_MESSAGE_BYTES // 2:
+            raise ConfigError("dim x modulus_bits exceeds the maximum message size")
+        if self.active:
+            if self.verify_keys is None or len(self.verify_keys) != n:
+                raise ConfigError("active mode needs one Ed25519 verify key per party")
+            if any(len(k) != 32 for k in self.verify_keys):
+                raise ConfigError("verify keys must be 32-byte Ed25519 public keys")
+
+    @property
+    def num_parties(self) -> int:
+        return self.graph.n
+
+    def neighbors(self, party: int) -> tuple[int, ...]:
+        return self.graph.neighbors[party]

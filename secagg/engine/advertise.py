@@ -1,0 +1,128 @@
+"""Phase 1, AdvertiseKeys: fresh X25519 key pairs, signed in active mode, and the key directory."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from secagg.config import RoundConfig
+from secagg.crypto import keys
+from secagg.errors import LocalProtocolError, RemoteProtocolError
+from secagg.messages import SERVER, AdvertiseKeys, KeyDirectory, KeyEntry
+
+
+@dataclass(frozen=True)
+class PartySecrets:
+    """A party's ephemeral private keys for this round (never leave the party, except as shares)."""
+
+    mask_private: bytes = field(repr=False)
+    encryption_private: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class KeyAgreement:
+    """Output of AdvertiseKeys for one party: the only input of ShareKeys.
+
+    Attributes:
+        own: the party's own advertised entry.
+        neighbors: advertised entries of its neighbours in U1, by party id.
+    """
+
+    own: KeyEntry
+    neighbors: dict[int, KeyEntry]
+
+
+def signed_payload(config: RoundConfig, party: int, mask_public: bytes, enc_public: bytes) -> bytes:
+    """What a party signs in active mode: its keys bound to session, round and its id."""
+    return (
+        b"secagg/v1/advertise"
+        + config.session_id
+        + struct.pack(">QI", config.round_index, party)
+        + mask_public
+        + enc_public
+    )
+
+
+def client_advertise(
+    config: RoundConfig, party: int, signing_key: bytes | None
+) -> tuple[PartySecrets, AdvertiseKeys]:
+    """Draw the round's key pairs and build the AdvertiseKeys message."""
+    mask_private, mask_public = keys.generate_x25519()
+    enc_private, enc_public = keys.generate_x25519()
+    signature = b""
+    if config.active:
+        if signing_key is None:
+            raise LocalProtocolError("active mode needs the party's Ed25519 signing key")
+        signature = keys.sign(signing_key, signed_payload(config, party, mask_public, enc_public))
+    entry = KeyEntry(party, mask_public, enc_public, signature)
+    message = AdvertiseKeys(config.session_id, config.round_index, party, SERVER, keys=entry)
+    return PartySecrets(mask_private, enc_private), message
+
+
+def verify_entry(config: RoundConfig, entry: KeyEntry) -> None:
+    """In active mode, check an entry's signature against the party's long-term key.
+
+    Raises:
+        RemoteProtocolError: missing or invalid signature.
+    """
+    if not config.active:
+        return
+    assert config.verify_keys is not None
+    payload = signed_payload(config, entry.party, entry.mask_public, entry.encryption_public)
+    if not entry.signature or not keys.verify(
+        config.verify_keys[entry.party], entry.signature, payload
+    ):
+        raise RemoteProtocolError(f"keys of party {entry.party} carry no valid signature")
+
+
+def client_accept_directory(
+    config: RoundConfig, party: int, own: KeyEntry, directory: KeyDirectory
+) -> KeyAgreement:
+    """Check the neighbours' keys the server forwarded and fix U1 for this party.
+
+    Raises:
+        RemoteProtocolError: a non-neighbour, a duplicate key, a bad signature.
+        AbortedError-like RemoteProtocolError: fewer than t neighbours present.
+    """
+    allowed = set(config.neighbors(party))
+    seen_keys = {own.mask_public, own.encryption_public}
+    neighbors: dict[int, KeyEntry] = {}
+    for entry in directory.entries:
+        if entry.party not in allowed:
+            raise RemoteProtocolError(f"key directory lists party {entry.party}, not a neighbour")
+        if entry.mask_public in seen_keys or entry.encryption_public in seen_keys:
+            # A reused key would make two pairwise masks equal (and cancel in the wrong place).
+            raise RemoteProtocolError(f"party {entry.party} advertises a key already in use")
+        seen_keys.update((entry.mask_public, entry.encryption_public))
+        verify_entry(config, entry)
+        neighbors[entry.party] = entry
+    if len(neighbors) < config.threshold:
+        raise RemoteProtocolError(
+            f"only {len(neighbors)} neighbours advertised keys, fewer than the threshold"
+            f" {config.threshold}"
+        )
+    return KeyAgreement(own, neighbors)
+
+
+class KeyCollector:
+    """Server side of AdvertiseKeys: collects entries, then builds each party's directory."""
+
+    def __init__(self, config: RoundConfig) -> None:
+        self.config = config
+        self.entries: dict[int, KeyEntry] = {}
+
+    def add(self, message: AdvertiseKeys) -> None:
+        if message.sender in self.entries:
+            raise RemoteProtocolError(f"party {message.sender} advertised keys twice")
+        verify_entry(self.config, message.keys)
+        self.entries[message.sender] = message.keys
+
+    def directories(self) -> dict[int, KeyDirectory]:
+        """U1 -> each present party's directory of present neighbours."""
+        out = {}
+        for party in sorted(self.entries):
+            entries = tuple(self.entries[v] for v in self.config.neighbors(party) if v in self.entries)
+            out[party] = KeyDirectory(
+                self.config.session_id, self.config.round_index, SERVER, party, entries=entries
+            )
+        return out

@@ -1,0 +1,123 @@
+"""Mask seeds and mask expansion shared by the parties and the server.
+
+Both sides must derive bit-identical seeds: the pairwise seed from X25519 plus HKDF with the pair
+sorted (symmetric), the self-mask stream from b_u with the owner bound in. The sign convention
+(Bonawitz et al. 2017, section 3): the lower id of a pair adds PRG(s_uv), the higher subtracts it,
+so the pair's masks cancel in the sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from secagg.crypto import kdf, keys, prg
+
+
+@dataclass(frozen=True)
+class MaskContext:
+    """What seed derivation binds: the session, the round, the vector shape."""
+
+    session_id: bytes
+    round_index: int
+    dim: int
+    dtype: np.dtype[np.unsignedinteger]
+
+
+def pairwise_seed(ctx: MaskContext, shared_secret: bytes, u: int, v: int) -> bytes:
+    """s_uv: the PRG seed of the pair {u, v} (symmetric in u and v)."""
+    return kdf.derive_key(
+        shared_secret,
+        kdf.Purpose.PAIRWISE_MASK,
+        session_id=ctx.session_id,
+        round_index=ctx.round_index,
+        parties=(min(u, v), max(u, v)),
+        length=prg.SEED_BYTES,
+    )
+
+
+def self_mask_stream_seed(ctx: MaskContext, self_mask_seed: bytes, owner: int) -> bytes:
+    """The PRG key of PRG(b_u), bound to the owner, session and round."""
+    return kdf.derive_key(
+        self_mask_seed,
+        kdf.Purpose.SELF_MASK_STREAM,
+        session_id=ctx.session_id,
+        round_index=ctx.round_index,
+        parties=(owner,),
+        length=prg.SEED_BYTES,
+    )
+
+
+@dataclass(frozen=True)
+class DroppedPartyMasks:
+    """What the server needs to rebuild the pairwise masks a dropped party v shared with survivors.
+
+    Attributes:
+        dropped: v.
+        mask_private: s_v^SK, reconstructed from t shares.
+        survivors: (w, S_w) for each surviving neighbour w that masked with v.
+    """
+
+    dropped: int
+    mask_private: bytes
+    survivors: tuple[tuple[int, bytes], ...]
+
+
+def total_mask(
+    ctx: MaskContext,
+    self_seeds: Sequence[bytes],
+    dropped: Sequence[DroppedPartyMasks],
+) -> npt.NDArray[np.unsignedinteger]:
+    """Sum over survivors of PRG(b_w), plus the pairwise masks survivors added with dropped
+    parties, all with the signs the survivors used. Subtracting this from the sum of masked inputs
+    leaves the sum of inputs.
+
+    Args:
+        ctx: session, round and vector shape.
+        self_seeds: the self-mask stream seeds of every survivor.
+        dropped: every dropped party whose pairwise masks survivors included.
+    """
+    total = np.zeros(ctx.dim, dtype=ctx.dtype)
+    buffer = prg.KeystreamBuffer()
+    for seed in self_seeds:
+        prg.add_mask(total, seed, buffer=buffer)
+    for item in dropped:
+        secrets = keys.x25519_shared_secrets(item.mask_private, [pk for _, pk in item.survivors])
+        for (w, _), secret in zip(item.survivors, secrets, strict=True):
+            # Survivor w added +PRG(s_wv) if w < v, -PRG(s_wv) otherwise.
+            seed = pairwise_seed(ctx, secret, w, item.dropped)
+            prg.add_mask(total, seed, subtract=w > item.dropped, buffer=buffer)
+    return total
+
+
+def total_mask_parallel(
+    ctx: MaskContext,
+    self_seeds: Sequence[bytes],
+    dropped: Sequence[DroppedPartyMasks],
+    executor: Executor | None,
+    workers: int,
+) -> npt.NDArray[np.unsignedinteger]:
+    """:func:`total_mask` split into ``workers`` balanced jobs on ``executor`` (processes: the
+    keystream generation holds the GIL). Mask sums are commutative, so the parts just add."""
+    if executor is None or workers <= 1:
+        return total_mask(ctx, self_seeds, dropped)
+    # Balance by number of keystream expansions.
+    jobs: list[tuple[list[bytes], list[DroppedPartyMasks]]] = [([], []) for _ in range(workers)]
+    loads = [0] * workers
+    for item in sorted(dropped, key=lambda d: -len(d.survivors)):
+        i = loads.index(min(loads))
+        jobs[i][1].append(item)
+        loads[i] += len(item.survivors)
+    for seed in self_seeds:
+        i = loads.index(min(loads))
+        jobs[i][0].append(seed)
+        loads[i] += 1
+    futures = [executor.submit(total_mask, ctx, s, d) for s, d in jobs if s or d]
+    total = np.zeros(ctx.dim, dtype=ctx.dtype)
+    for future in futures:
+        np.add(total, future.result(), out=total)
+    return total

@@ -1,0 +1,305 @@
+"""The server's engine: a sans-I/O state machine that routes, sums and unmasks.
+
+Usage::
+
+    server = ServerEngine(config)
+    for message in incoming:                  # from parties, in any order within a phase
+        outgoing = server.receive(message)    # phase closes by itself when all expected arrived
+    outgoing = server.close_phase()           # on the host's timeout: go on with who answered
+    server.result                             # AggregationResult once DONE
+
+Each returned message goes to ``message.recipient``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from secagg import encoding
+from secagg import messages as wire
+from secagg.config import RoundConfig
+from secagg.engine import consistency
+from secagg.engine._state import SERVER_ACCEPTS, ServerState
+from secagg.engine.advertise import KeyCollector
+from secagg.engine.masked_input import MaskedSum
+from secagg.engine.share_keys import ShareRouter
+from secagg.engine.unmask import Unmasker
+from secagg.errors import AbortedError, LocalProtocolError, ProtocolError, RemoteProtocolError
+from secagg.messages import Message, PartySignature
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class AggregationResult:
+    """The only thing the server learns: the sum of the survivors' inputs, and who they are.
+
+    Attributes:
+        total: sum over ``survivors`` of their inputs, in Z_(2^B) (word dtype).
+        survivors: U3, the parties whose inputs are in the sum.
+        dropped: parties that shared keys but whose input is not in the sum.
+        modulus_bits: B.
+    """
+
+    total: npt.NDArray[np.unsignedinteger]
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+    modulus_bits: int
+
+    def signed(self) -> npt.NDArray[np.int64]:
+        """The sum as signed integers (two's complement in Z_(2^B))."""
+        return encoding.from_ring(self.total, self.modulus_bits)
+
+
+class ServerEngine:
+    """The server's side of one secure aggregation round.
+
+    Args:
+        config: the round's configuration.
+        executor: optional process pool for mask regeneration in the unmasking step (keystream
+            expansion holds the GIL, so threads do not help). The host owns it.
+        workers: how many jobs to split the mask regeneration into.
+    """
+
+    def __init__(
+        self, config: RoundConfig, *, executor: Executor | None = None, workers: int = 1
+    ) -> None:
+        self.config = config
+        self.executor = executor
+        self.workers = workers
+        self.state = ServerState.COLLECT_KEYS
+        self.error: ProtocolError | None = None
+        self.result: AggregationResult | None = None
+        self._keys = KeyCollector(config)
+        self._router: ShareRouter | None = None
+        self._sum: MaskedSum | None = None
+        self._survivors: tuple[int, ...] = ()
+        self._dropped: tuple[int, ...] = ()
+        self._signatures: dict[int, bytes] = {}
+        self._unmasker: Unmasker | None = None
+        self._peers: dict[int, tuple[int, ...]] = {}
+
+    # -- public API ------------------------------------------------------------------------
+
+    @property
+    def expected(self) -> frozenset[int]:
+        """Parties whose message the current phase still waits for."""
+        if self.state is ServerState.COLLECT_KEYS:
+            return frozenset(range(self.config.num_parties)) - self._keys.entries.keys()
+        if self.state is ServerState.COLLECT_SHARES:
+            assert self._router is not None
+            return frozenset(self._router.present) - self._router.sealed.keys()
+        if self.state is ServerState.COLLECT_MASKED_INPUTS:
+            assert self._sum is not None
+            return frozenset(self._sum.expected - self._sum.received)
+        if self.state is ServerState.COLLECT_SIGNATURES:
+            return frozenset(self._survivors) - self._signatures.keys()
+        if self.state is ServerState.COLLECT_UNMASK:
+            assert self._unmasker is not None
+            return frozenset(self._unmasker.expected - self._unmasker.responders)
+        return frozenset()
+
+    def receive(self, message: Message | bytes) -> list[Message]:
+        """Handle one party's message; returns the next phase's messages when this one completes.
+
+        Raises:
+            RemoteProtocolError: malformed, misaddressed, out-of-phase, replayed or invalid
+                message. The engine is then ``FAILED`` (fail closed: nothing more is revealed).
+            AbortedError: closing the phase left too few parties; ``error.notices`` holds the
+                Abort messages for the remaining parties.
+        """
+        if self.state in (ServerState.FAILED, ServerState.DONE):
+            raise LocalProtocolError(f"engine is {self.state.name}; it accepts no more messages")
+        msg = self._guard(lambda: self._parse(message))
+        if isinstance(msg, wire.Abort):
+            # A party refused: in a safe protocol that party simply stops; treat it as dropped.
+            return []
+        if SERVER_ACCEPTS.get(self.state) is not msg.TYPE:
+            self._fail(
+                RemoteProtocolError(f"{msg.TYPE.name} is not expected in state {self.state.name}")
+            )
+        self._guard(lambda: self._accept(msg))
+        if not self.expected:
+            return self.close_phase()
+        return []
+
+    def close_phase(self) -> list[Message]:
+        """Close the current phase with whoever answered (the host's timeout), start the next.
+
+        Raises:
+            AbortedError: too few parties to continue safely.
+            LocalProtocolError: nothing to close (finished or failed).
+        """
+        if self.state in (ServerState.FAILED, ServerState.DONE):
+            raise LocalProtocolError(f"engine is {self.state.name}; no phase to close")
+        return self._guard(self._advance)
+
+    # -- phases ----------------------------------------------------------------------------
+
+    def _accept(self, msg: Message) -> None:
+        if isinstance(msg, wire.AdvertiseKeys):
+            self._keys.add(msg)
+        elif isinstance(msg, wire.EncryptedShares):
+            assert self._router is not None
+            self._router.add(msg)
+        elif isinstance(msg, wire.MaskedInput):
+            assert self._sum is not None
+            self._sum.add(msg)
+        elif isinstance(msg, wire.SurvivorSignature):
+            if msg.sender not in self._survivors or msg.sender in self._signatures:
+                raise RemoteProtocolError(f"unexpected survivor signature from {msg.sender}")
+            assert self.config.verify_keys is not None
+            payload = consistency.survivors_payload(self.config, self._survivors)
+            from secagg.crypto import keys
+
+            if not keys.verify(self.config.verify_keys[msg.sender], msg.signature, payload):
+                raise RemoteProtocolError(f"invalid survivor signature from {msg.sender}")
+            self._signatures[msg.sender] = msg.signature
+        elif isinstance(msg, wire.UnmaskResponse):
+            assert self._unmasker is not None
+            self._unmasker.add(msg)
+
+    def _advance(self) -> list[Message]:
+        cfg = self.config
+        t = cfg.threshold
+        if self.state is ServerState.COLLECT_KEYS:
+            present = self._keys.entries
+            self._need(len(present), t + 1, "parties advertised keys")
+            directories = self._keys.directories()
+            self._router = ShareRouter(
+                cfg, {u: tuple(e.party for e in d.entries) for u, d in directories.items()}
+            )
+            self.state = ServerState.COLLECT_SHARES
+            return list(directories.values())
+        if self.state is ServerState.COLLECT_SHARES:
+            assert self._router is not None
+            self._need(len(self._router.sealed), t + 1, "parties shared keys")
+            deliveries = self._router.deliveries()
+            self._peers = {v: tuple(s.party for s in d.sealed) for v, d in deliveries.items()}
+            self._sum = MaskedSum(cfg, set(deliveries))
+            self.state = ServerState.COLLECT_MASKED_INPUTS
+            return list(deliveries.values())
+        if self.state is ServerState.COLLECT_MASKED_INPUTS:
+            assert self._sum is not None
+            # Never output (or ask to unmask) a sum of fewer than t inputs.
+            self._need(len(self._sum.received), t, "masked inputs arrived")
+            self._survivors = tuple(sorted(self._sum.received))
+            self._dropped = tuple(sorted(self._sum.expected - self._sum.received))
+            if cfg.active:
+                self.state = ServerState.COLLECT_SIGNATURES
+                return [
+                    wire.SurvivorList(
+                        cfg.session_id, cfg.round_index, wire.SERVER, u, survivors=self._survivors
+                    )
+                    for u in self._survivors
+                ]
+            return self._start_unmask(self._survivors, ())
+        if self.state is ServerState.COLLECT_SIGNATURES:
+            self._need(len(self._signatures), t, "survivors signed the survivor list")
+            sigs = tuple(PartySignature(p, s) for p, s in sorted(self._signatures.items()))
+            return self._start_unmask(tuple(sorted(self._signatures)), sigs)
+        if self.state is ServerState.COLLECT_UNMASK:
+            assert self._unmasker is not None and self._sum is not None
+            total = self._unmasker.finish(self._sum.total, self.executor, self.workers)
+            self.result = AggregationResult(total, self._survivors, self._dropped, cfg.modulus_bits)
+            self._sum = None
+            self._unmasker = None
+            self.state = ServerState.DONE
+            return []
+        raise LocalProtocolError(f"no phase to close in state {self.state.name}")  # pragma: no cover
+
+    def _start_unmask(
+        self, recipients: tuple[int, ...], signatures: tuple[PartySignature, ...]
+    ) -> list[Message]:
+        cfg = self.config
+        entries = self._keys.entries
+        self._unmasker = Unmasker(
+            cfg,
+            self._survivors,
+            self._dropped,
+            self._peers,
+            {u: entries[u].mask_public for u in self._peers},
+            set(recipients),
+        )
+        self.state = ServerState.COLLECT_UNMASK
+        return [
+            wire.UnmaskRequest(
+                cfg.session_id,
+                cfg.round_index,
+                wire.SERVER,
+                u,
+                survivors=self._survivors,
+                dropped=self._dropped,
+                signatures=signatures,
+            )
+            for u in recipients
+        ]
+
+    def _need(self, have: int, need: int, what: str) -> None:
+        if have < need:
+            raise AbortedError(f"only {have} {what}; at least {need} are needed")
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _parse(self, message: Message | bytes) -> Message:
+        msg: Message = (
+            wire.decode(message)
+            if isinstance(message, (bytes, bytearray, memoryview))
+            else message
+        )
+        if not isinstance(msg, Message):
+            raise LocalProtocolError("receive() takes a Message or its wire bytes")
+        if msg.session_id != self.config.session_id or msg.round_index != self.config.round_index:
+            raise RemoteProtocolError("message belongs to another session or round (replay?)")
+        if msg.recipient != wire.SERVER or not 0 <= msg.sender < self.config.num_parties:
+            raise RemoteProtocolError("message is not from a party of this round to the server")
+        return msg
+
+    def _guard(self, action: Callable[[], T]) -> T:
+        try:
+            return action()
+        except ProtocolError as exc:
+            self._fail(exc)
+        except Exception as exc:
+            self._fail(LocalProtocolError(f"internal error: {exc!r}"), cause=exc)
+
+    def _fail(self, error: ProtocolError, cause: BaseException | None = None) -> NoReturn:
+        if self.state is not ServerState.FAILED:
+            cohort = self._cohort()
+            self.state = ServerState.FAILED
+            self.error = error
+            self._sum = None
+            self._unmasker = None
+            if isinstance(error, AbortedError):
+                error.notices = [  # type: ignore[attr-defined]
+                    wire.Abort(
+                        self.config.session_id,
+                        self.config.round_index,
+                        wire.SERVER,
+                        u,
+                        reason=str(error)[:500],
+                    )
+                    for u in sorted(cohort)
+                ]
+        raise error from cause
+
+    def _cohort(self) -> set[int]:
+        if self._unmasker is not None:
+            return set(self._unmasker.expected)
+        if self._sum is not None:
+            return set(self._sum.expected)
+        if self._router is not None:
+            return set(self._router.present)
+        return set(self._keys.entries)
+
+    # -- persistence -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Not supported mid-round yet for the server beyond the phase marker; see docs."""
+        raise LocalProtocolError("server state persistence is not implemented")

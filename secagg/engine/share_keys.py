@@ -1,0 +1,172 @@
+"""Phase 2, ShareKeys: Shamir shares of the self-mask seed and the mask key, sealed per neighbour.
+
+Bonawitz et al. 2017, section 4, round 1: u shares b_u and s_u^SK with threshold t among its
+neighbours present in U1 (Bell et al. 2020 restrict sharing to the graph's neighbourhood), so
+that t of them can later rebuild exactly one of the two for the server.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from secagg.config import RoundConfig
+from secagg.crypto import aead, kdf, keys, rng, shamir
+from secagg.crypto.prg import SEED_BYTES
+from secagg.engine.advertise import KeyAgreement, PartySecrets
+from secagg.errors import RemoteProtocolError
+from secagg.messages import SERVER, EncryptedShares, Sealed, ShareDelivery
+
+MASK_KEY_BYTES = 32
+SELF_SHARE_BYTES = 4 * shamir.limbs_for(SEED_BYTES)
+KEY_SHARE_BYTES = 4 * shamir.limbs_for(MASK_KEY_BYTES)
+_PLAIN = struct.Struct(">II")
+PLAINTEXT_BYTES = _PLAIN.size + SELF_SHARE_BYTES + KEY_SHARE_BYTES
+
+
+@dataclass(frozen=True)
+class HeldShares:
+    """Output of ShareKeys for one party: the only input (with its keys) of the later phases.
+
+    Attributes:
+        self_mask_seed: b_u, the party's own seed (forgotten after masking).
+        self_mask_shares: owner v -> this party's share of b_v, for neighbours v in U2.
+        mask_key_shares: owner v -> this party's share of s_v^SK, for neighbours v in U2.
+    """
+
+    self_mask_seed: bytes = field(repr=False)
+    self_mask_shares: dict[int, bytes] = field(repr=False)
+    mask_key_shares: dict[int, bytes] = field(repr=False)
+
+    @property
+    def peers(self) -> tuple[int, ...]:
+        """U2 as this party sees it: neighbours whose shares it holds (it masks with them)."""
+        return tuple(sorted(self.self_mask_shares))
+
+
+def share_encryption_key(
+    config: RoundConfig, shared_secret: bytes, sender: int, receiver: int
+) -> bytes:
+    """Directional AES-256-GCM key for shares sent from ``sender`` to ``receiver``."""
+    return kdf.derive_key(
+        shared_secret,
+        kdf.Purpose.SHARE_ENCRYPTION,
+        session_id=config.session_id,
+        round_index=config.round_index,
+        parties=(sender, receiver),
+    )
+
+
+def client_share_keys(
+    config: RoundConfig, party: int, secrets: PartySecrets, agreement: KeyAgreement
+) -> tuple[bytes, EncryptedShares]:
+    """Draw b_u, split b_u and the mask key among the neighbours in U1, seal each pair.
+
+    Returns:
+        (b_u, the EncryptedShares message).
+    """
+    peers = sorted(agreement.neighbors)
+    self_mask_seed = rng.token_bytes(SEED_BYTES)
+    points = [v + 1 for v in peers]  # Shamir evaluation points are party id + 1 (never 0)
+    seed_shares = shamir.split([self_mask_seed], config.threshold, points)
+    key_shares = shamir.split([secrets.mask_private], config.threshold, points)
+    shared = keys.x25519_shared_secrets(
+        secrets.encryption_private, [agreement.neighbors[v].encryption_public for v in peers]
+    )
+    sealed = []
+    for i, v in enumerate(peers):
+        plaintext = (
+            _PLAIN.pack(party, v)
+            + seed_shares[i, 0].astype(">u4").tobytes()
+            + key_shares[i, 0].astype(">u4").tobytes()
+        )
+        key = share_encryption_key(config, shared[i], party, v)
+        ad = aead.share_associated_data(config.session_id, config.round_index, party, v)
+        sealed.append(Sealed(v, aead.encrypt(key, plaintext, ad)))
+    message = EncryptedShares(
+        config.session_id, config.round_index, party, SERVER, sealed=tuple(sealed)
+    )
+    return self_mask_seed, message
+
+
+def client_accept_delivery(
+    config: RoundConfig,
+    party: int,
+    secrets: PartySecrets,
+    agreement: KeyAgreement,
+    self_mask_seed: bytes,
+    delivery: ShareDelivery,
+) -> HeldShares:
+    """Open the neighbours' sealed shares; the senders are U2 as this party sees it.
+
+    Raises:
+        RemoteProtocolError: a share from a non-neighbour, failing authentication or mislabelled,
+            or fewer than t neighbours in U2.
+    """
+    senders = [s.party for s in delivery.sealed]
+    unknown = [v for v in senders if v not in agreement.neighbors]
+    if unknown:
+        raise RemoteProtocolError(f"shares from parties {unknown[:5]} that are not neighbours in U1")
+    if len(senders) < config.threshold:
+        raise RemoteProtocolError(
+            f"shares from only {len(senders)} neighbours, fewer than the threshold"
+            f" {config.threshold}"
+        )
+    shared = keys.x25519_shared_secrets(
+        secrets.encryption_private, [agreement.neighbors[v].encryption_public for v in senders]
+    )
+    self_shares: dict[int, bytes] = {}
+    key_shares: dict[int, bytes] = {}
+    for i, item in enumerate(delivery.sealed):
+        v = item.party
+        key = share_encryption_key(config, shared[i], v, party)
+        ad = aead.share_associated_data(config.session_id, config.round_index, v, party)
+        plaintext = aead.decrypt(key, item.ciphertext, ad)
+        if len(plaintext) != PLAINTEXT_BYTES or _PLAIN.unpack_from(plaintext) != (v, party):
+            raise RemoteProtocolError(f"share from party {v} is mislabelled or malformed")
+        body = plaintext[_PLAIN.size :]
+        self_shares[v] = body[:SELF_SHARE_BYTES]
+        key_shares[v] = body[SELF_SHARE_BYTES:]
+        for share in (self_shares[v], key_shares[v]):
+            if np.any(np.frombuffer(share, dtype=">u4") >= shamir.PRIME):
+                raise RemoteProtocolError(f"share from party {v} is not a field element")
+    return HeldShares(self_mask_seed, self_shares, key_shares)
+
+
+class ShareRouter:
+    """Server side of ShareKeys: checks who sealed for whom, then routes the ciphertexts."""
+
+    def __init__(self, config: RoundConfig, present: dict[int, tuple[int, ...]]) -> None:
+        """``present``: U1 -> the neighbours in U1 each party was told about."""
+        self.config = config
+        self.present = present
+        self.sealed: dict[int, tuple[Sealed, ...]] = {}
+
+    def add(self, message: EncryptedShares) -> None:
+        u = message.sender
+        if u not in self.present:
+            raise RemoteProtocolError(f"party {u} sent shares without advertising keys")
+        if u in self.sealed:
+            raise RemoteProtocolError(f"party {u} sent shares twice")
+        receivers = tuple(s.party for s in message.sealed)
+        if receivers != self.present[u]:
+            raise RemoteProtocolError(
+                f"party {u} must seal shares for exactly its neighbours in U1"
+            )
+        self.sealed[u] = message.sealed
+
+    def deliveries(self) -> dict[int, ShareDelivery]:
+        """U2 -> the ciphertexts its neighbours in U2 sealed for it."""
+        inbox: dict[int, list[Sealed]] = {u: [] for u in self.sealed}
+        for u in sorted(self.sealed):
+            for item in self.sealed[u]:
+                if item.party in inbox:
+                    inbox[item.party].append(Sealed(u, item.ciphertext))
+        return {
+            v: ShareDelivery(
+                self.config.session_id, self.config.round_index, SERVER, v, sealed=tuple(items)
+            )
+            for v, items in inbox.items()
+        }

@@ -1,0 +1,212 @@
+"""Phase 5, Unmasking: each honest party reveals exactly one kind of share per neighbour; the
+server reconstructs b_v of survivors and s_v of dropped parties and removes their masks.
+
+Bonawitz et al. 2017, section 4, round 4. The client-side checks are the security argument: a
+party that revealed both b_v and s_v for the same v would hand the server y_v unmasked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import Executor
+
+import numpy as np
+import numpy.typing as npt
+
+from secagg import encoding
+from secagg.config import RoundConfig
+from secagg.crypto import keys, shamir
+from secagg.crypto.prg import SEED_BYTES
+from secagg.engine import consistency
+from secagg.engine.masked_input import mask_context
+from secagg.engine.masking import DroppedPartyMasks, self_mask_stream_seed, total_mask_parallel
+from secagg.engine.share_keys import MASK_KEY_BYTES, HeldShares
+from secagg.errors import AbortedError, RemoteProtocolError
+from secagg.messages import SERVER, RevealedShare, UnmaskRequest, UnmaskResponse
+
+
+def client_unmask(
+    config: RoundConfig,
+    party: int,
+    held: HeldShares,
+    request: UnmaskRequest,
+    signed_survivors: tuple[int, ...] | None,
+) -> UnmaskResponse:
+    """Answer an unmask request, or refuse it.
+
+    Raises:
+        RemoteProtocolError: overlapping or inconsistent lists, this party listed as dropped or
+            missing, a neighbour it masked with left out (or one it never masked with listed),
+            fewer than t surviving neighbours, or (active mode) a survivor list other than the
+            one it signed or without t valid signatures.
+    """
+    survivors, dropped = set(request.survivors), set(request.dropped)
+    if survivors & dropped:
+        raise RemoteProtocolError("survivor and dropped lists overlap")
+    if party not in survivors:
+        raise RemoteProtocolError("unmask request does not list this party as a survivor")
+    if len(survivors) < config.threshold:
+        raise RemoteProtocolError(
+            f"{len(survivors)} survivors, fewer than the threshold {config.threshold}"
+        )
+    if config.active:
+        if signed_survivors is None or tuple(request.survivors) != signed_survivors:
+            raise RemoteProtocolError("survivor list differs from the one this party signed")
+        consistency.check_signatures(config, request.survivors, request.signatures)
+    elif request.signatures:
+        raise RemoteProtocolError("signatures in a semi-honest round")
+    peers = set(held.peers)
+    neighbors = set(config.neighbors(party))
+    listed = (survivors | dropped) & neighbors
+    if listed - peers:
+        raise RemoteProtocolError(
+            f"neighbours {sorted(listed - peers)[:5]} are listed but never masked with this party"
+        )
+    if peers - listed:
+        raise RemoteProtocolError(
+            f"neighbours {sorted(peers - listed)[:5]} this party masked with are not accounted for"
+        )
+    surviving_peers = sorted(peers & survivors)
+    if len(surviving_peers) < config.threshold:
+        # Fewer surviving neighbours than t: the input would be protected by too few pairwise
+        # masks (Bell et al. 2020, section 3: security needs the surviving graph connected).
+        raise RemoteProtocolError(
+            f"only {len(surviving_peers)} surviving neighbours, fewer than the threshold"
+            f" {config.threshold}"
+        )
+    self_shares = tuple(RevealedShare(v, held.self_mask_shares[v]) for v in surviving_peers)
+    key_shares = tuple(
+        RevealedShare(v, held.mask_key_shares[v]) for v in sorted(peers & dropped)
+    )
+    return UnmaskResponse(
+        config.session_id,
+        config.round_index,
+        party,
+        SERVER,
+        self_mask_shares=self_shares,
+        mask_key_shares=key_shares,
+    )
+
+
+class Unmasker:
+    """Server side of Unmasking: collects revealed shares, then reconstructs and unmasks."""
+
+    def __init__(
+        self,
+        config: RoundConfig,
+        survivors: Sequence[int],
+        dropped: Sequence[int],
+        peers: dict[int, tuple[int, ...]],
+        mask_public: dict[int, bytes],
+        expected: set[int],
+    ) -> None:
+        """
+        Args:
+            survivors: U3 (their masked inputs are in the sum).
+            dropped: U2 minus U3.
+            peers: for each party in U2, its neighbours in U2 (those it masked with).
+            mask_public: S_v of every party in U2.
+            expected: who may answer.
+        """
+        self.config = config
+        self.survivors = tuple(survivors)
+        self.dropped = tuple(dropped)
+        self.peers = peers
+        self.mask_public = mask_public
+        self.expected = expected
+        self.responders: set[int] = set()
+        self.self_mask_shares: dict[int, dict[int, bytes]] = {u: {} for u in self.survivors}
+        self.mask_key_shares: dict[int, dict[int, bytes]] = {v: {} for v in self.dropped}
+
+    def add(self, message: UnmaskResponse) -> None:
+        w = message.sender
+        if w not in self.expected:
+            raise RemoteProtocolError(f"unmask response from party {w}, which was not asked")
+        if w in self.responders:
+            raise RemoteProtocolError(f"party {w} answered the unmask request twice")
+        mine = set(self.peers.get(w, ()))
+        for group, store, size in (
+            (message.self_mask_shares, self.self_mask_shares, SEED_BYTES),
+            (message.mask_key_shares, self.mask_key_shares, MASK_KEY_BYTES),
+        ):
+            for item in group:
+                if item.owner not in store or item.owner not in mine:
+                    raise RemoteProtocolError(f"party {w} revealed a share it should not have")
+                if len(item.share) != 4 * shamir.limbs_for(size):
+                    raise RemoteProtocolError(f"party {w} revealed a malformed share")
+        for group, store in (
+            (message.self_mask_shares, self.self_mask_shares),
+            (message.mask_key_shares, self.mask_key_shares),
+        ):
+            for item in group:
+                store[item.owner][w] = item.share
+        self.responders.add(w)
+
+    def finish(
+        self,
+        masked_total: npt.NDArray[np.unsignedinteger],
+        executor: Executor | None = None,
+        workers: int = 1,
+    ) -> npt.NDArray[np.unsignedinteger]:
+        """Reconstruct the secrets, remove every mask and return sum_{u in U3} x_u mod 2^B.
+
+        Raises:
+            AbortedError: fewer than t shares for some secret.
+            RemoteProtocolError: revealed shares are inconsistent (a reconstructed mask key does
+                not match the advertised public key).
+        """
+        ctx = mask_context(self.config)
+        seeds = _reconstruct_all(self.self_mask_shares, self.config.threshold, SEED_BYTES)
+        keys_ = _reconstruct_all(self.mask_key_shares, self.config.threshold, MASK_KEY_BYTES)
+        survivors = set(self.survivors)
+        dropped_masks = []
+        for v, sk in keys_.items():
+            if keys.x25519_public(sk) != self.mask_public[v]:
+                raise RemoteProtocolError(f"shares of party {v}'s mask key are inconsistent")
+            live = tuple((w, self.mask_public[w]) for w in self.peers[v] if w in survivors)
+            if live:
+                dropped_masks.append(DroppedPartyMasks(v, sk, live))
+        self_seeds = [self_mask_stream_seed(ctx, seeds[u], u) for u in self.survivors]
+        mask = total_mask_parallel(ctx, self_seeds, dropped_masks, executor, workers)
+        result = np.subtract(masked_total, mask)
+        return encoding.reduce(result, self.config.modulus_bits)
+
+
+def _reconstruct_all(
+    shares: dict[int, dict[int, bytes]], threshold: int, secret_bytes: int
+) -> dict[int, bytes]:
+    """Rebuild every owner's secret from its first t holders (sorted), batching owners that
+    share a holder set so that each set's Lagrange coefficients are computed once."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for owner, held in shares.items():
+        if len(held) < threshold:
+            raise AbortedError(
+                f"only {len(held)} shares of party {owner}'s secret, fewer than the threshold"
+                f" {threshold}"
+            )
+        groups.setdefault(tuple(sorted(held)[:threshold]), []).append(owner)
+    # The complete graph gives sets that are one common base minus the owner: derive those
+    # coefficients from the base's in O(t) instead of O(t^2) each.
+    all_holders = sorted({h for held in shares.values() for h in held})
+    base = tuple(h + 1 for h in all_holders[: threshold + 1])
+    base_set = set(base)
+    out: dict[int, bytes] = {}
+    for holders, owners in groups.items():
+        points = tuple(h + 1 for h in holders)
+        missing = base_set - set(points)
+        if len(base) == threshold + 1 and len(missing) == 1 and set(points) <= base_set:
+            coeffs = shamir.lagrange_at_zero_excluding(base, missing.pop())
+        else:
+            coeffs = shamir.lagrange_at_zero(points)
+        matrix = np.stack(
+            [
+                np.stack([np.frombuffer(shares[o][h], dtype=">u4") for o in owners])
+                for h in holders
+            ]
+        ).astype(np.uint64)
+        try:
+            secrets = shamir.reconstruct_with(coeffs, matrix, secret_bytes)
+        except ValueError as exc:
+            raise RemoteProtocolError(f"revealed shares are inconsistent: {exc}") from None
+        out.update(zip(owners, secrets, strict=True))
+    return out

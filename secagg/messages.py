@@ -1,0 +1,537 @@
+"""Typed protocol messages and their versioned, bounded, strictly decoded wire format.
+
+Every message is a small frozen dataclass, validated when built. On the wire a message is::
+
+    magic "SAGG" | version u8 | type u8 | session_id 16B | round u64 | sender u32 | recipient u32
+    | body_length u32 | body
+
+all integers big-endian. The decoder accepts exactly one encoding of each message: the body must
+be consumed to its last byte, counts are bounded by the bytes that remain, party lists are strictly
+increasing (no duplicates), and fixed-size fields have their exact size. Anything else raises
+:class:`MessageDecodeError`, a :class:`~secagg.errors.RemoteProtocolError`: arbitrary bytes give a
+valid message or that error, never another exception (the fuzz invariant in the tests).
+
+The server is party id :data:`SERVER` (``0xFFFFFFFF``); parties are ``0..n-1``.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from secagg.errors import RemoteProtocolError
+
+MAGIC = b"SAGG"
+VERSION = 1
+SERVER = 0xFFFFFFFF
+MAX_PARTIES = 1 << 20
+MAX_WIRE_BYTES = 1 << 30
+_HEADER = struct.Struct(">4sBB16sQIII")
+HEADER_BYTES = _HEADER.size
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+
+
+class MessageDecodeError(RemoteProtocolError):
+    """Bytes that are not exactly one valid message."""
+
+
+class MessageType(enum.IntEnum):
+    """Wire type codes, one per message class."""
+
+    ADVERTISE_KEYS = 1
+    KEY_DIRECTORY = 2
+    ENCRYPTED_SHARES = 3
+    SHARE_DELIVERY = 4
+    MASKED_INPUT = 5
+    SURVIVOR_LIST = 6
+    SURVIVOR_SIGNATURE = 7
+    UNMASK_REQUEST = 8
+    UNMASK_RESPONSE = 9
+    ABORT = 10
+
+
+def _check_party(p: int, *, allow_server: bool = False) -> None:
+    if not (0 <= p < MAX_PARTIES or (allow_server and p == SERVER)):
+        raise ValueError(f"party id {p} out of range")
+
+
+def _check_sorted_unique(ids: Sequence[int], what: str) -> None:
+    for a, b in zip(ids, ids[1:], strict=False):
+        if a >= b:
+            raise ValueError(f"{what} must be strictly increasing party ids")
+    for p in ids:
+        _check_party(p)
+
+
+@dataclass(frozen=True)
+class Message:
+    """Fields every message carries (the header)."""
+
+    TYPE: ClassVar[MessageType]
+    session_id: bytes
+    round_index: int
+    sender: int
+    recipient: int
+
+    def __post_init__(self) -> None:
+        if len(self.session_id) != 16:
+            raise ValueError("session_id must be 16 bytes")
+        if not 0 <= self.round_index < 2**64:
+            raise ValueError("round_index out of range")
+        _check_party(self.sender, allow_server=True)
+        _check_party(self.recipient, allow_server=True)
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    """One party's advertised public keys (and, in active mode, its signature over them)."""
+
+    party: int
+    mask_public: bytes
+    encryption_public: bytes
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        _check_party(self.party)
+        if len(self.mask_public) != PUBLIC_KEY_BYTES or len(self.encryption_public) != 32:
+            raise ValueError("public keys must be 32 bytes")
+        if len(self.signature) not in (0, SIGNATURE_BYTES):
+            raise ValueError("signature must be empty or 64 bytes")
+
+
+@dataclass(frozen=True)
+class AdvertiseKeys(Message):
+    """Party -> server: its two X25519 public keys (phase AdvertiseKeys)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ADVERTISE_KEYS
+    keys: KeyEntry = field(kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.keys.party != self.sender:
+            raise ValueError("advertised keys must be the sender's")
+
+
+@dataclass(frozen=True)
+class KeyDirectory(Message):
+    """Server -> party: the advertised keys of the recipient's neighbours (sorted by party)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.KEY_DIRECTORY
+    entries: tuple[KeyEntry, ...] = field(kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_sorted_unique([e.party for e in self.entries], "key directory")
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """An AES-GCM ciphertext between two parties, routed by the server."""
+
+    party: int  # the other end: receiver in EncryptedShares, sender in ShareDelivery
+    ciphertext: bytes
+
+    def __post_init__(self) -> None:
+        _check_party(self.party)
+        if not 28 <= len(self.ciphertext) <= 4096:
+            raise ValueError("ciphertext length out of range")
+
+
+@dataclass(frozen=True)
+class EncryptedShares(Message):
+    """Party -> server: one sealed pair of shares per neighbour (phase ShareKeys)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ENCRYPTED_SHARES
+    sealed: tuple[Sealed, ...] = field(kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_sorted_unique([s.party for s in self.sealed], "encrypted shares")
+
+
+@dataclass(frozen=True)
+class ShareDelivery(Message):
+    """Server -> party: the sealed shares its neighbours addressed to it."""
+
+    TYPE: ClassVar[MessageType] = MessageType.SHARE_DELIVERY
+    sealed: tuple[Sealed, ...] = field(kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_sorted_unique([s.party for s in self.sealed], "share delivery")
+
+
+@dataclass(frozen=True)
+class MaskedInput(Message):
+    """Party -> server: y = x + PRG(b_u) + sum of +-PRG(s_uv), packed at B bits per value."""
+
+    TYPE: ClassVar[MessageType] = MessageType.MASKED_INPUT
+    modulus_bits: int = field(kw_only=True)
+    count: int = field(kw_only=True)
+    payload: bytes = field(kw_only=True, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 2 <= self.modulus_bits <= 64 or self.count < 1:
+            raise ValueError("bad modulus_bits or count")
+        if len(self.payload) != (self.count * self.modulus_bits + 7) // 8:
+            raise ValueError("payload length does not match count x modulus_bits")
+
+
+@dataclass(frozen=True)
+class SurvivorList(Message):
+    """Server -> party (active mode): the parties whose masked input arrived, to be signed."""
+
+    TYPE: ClassVar[MessageType] = MessageType.SURVIVOR_LIST
+    survivors: tuple[int, ...] = field(kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_sorted_unique(self.survivors, "survivors")
+
+
+@dataclass(frozen=True)
+class SurvivorSignature(Message):
+    """Party -> server (active mode): Ed25519 signature over (session, round, survivors)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.SURVIVOR_SIGNATURE
+    signature: bytes = field(kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.signature) != SIGNATURE_BYTES:
+            raise ValueError("signature must be 64 bytes")
+
+
+@dataclass(frozen=True)
+class PartySignature:
+    party: int
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _check_party(self.party)
+        if len(self.signature) != SIGNATURE_BYTES:
+            raise ValueError("signature must be 64 bytes")
+
+
+@dataclass(frozen=True)
+class UnmaskRequest(Message):
+    """Server -> party: who survived and who dropped (phase Unmasking).
+
+    In active mode it carries the survivors' signatures over the survivor list (ConsistencyCheck).
+    """
+
+    TYPE: ClassVar[MessageType] = MessageType.UNMASK_REQUEST
+    survivors: tuple[int, ...] = field(kw_only=True)
+    dropped: tuple[int, ...] = field(kw_only=True)
+    signatures: tuple[PartySignature, ...] = field(kw_only=True, default=())
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_sorted_unique(self.survivors, "survivors")
+        _check_sorted_unique(self.dropped, "dropped")
+        _check_sorted_unique([s.party for s in self.signatures], "signatures")
+
+
+@dataclass(frozen=True)
+class RevealedShare:
+    """One Shamir share revealed to the server: ``owner`` is the party whose secret it is."""
+
+    owner: int
+    share: bytes
+
+    def __post_init__(self) -> None:
+        _check_party(self.owner)
+        if not 4 <= len(self.share) <= 256 or len(self.share) % 4:
+            raise ValueError("share length out of range")
+
+
+@dataclass(frozen=True)
+class UnmaskResponse(Message):
+    """Party -> server: self-mask-seed shares of survivors, mask-key shares of dropped parties.
+
+    Never both for the same owner (Bonawitz et al. 2017, section 4, round 4).
+    """
+
+    TYPE: ClassVar[MessageType] = MessageType.UNMASK_RESPONSE
+    self_mask_shares: tuple[RevealedShare, ...] = field(kw_only=True)
+    mask_key_shares: tuple[RevealedShare, ...] = field(kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        a = [s.owner for s in self.self_mask_shares]
+        b = [s.owner for s in self.mask_key_shares]
+        _check_sorted_unique(a, "self-mask shares")
+        _check_sorted_unique(b, "mask-key shares")
+        if set(a) & set(b):
+            raise ValueError("a party's self-mask and mask-key shares must never be revealed both")
+
+
+@dataclass(frozen=True)
+class Abort(Message):
+    """Either direction: the sender stops this round, with a short reason."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ABORT
+    reason: str = field(kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.reason.encode()) > 1024:
+            raise ValueError("abort reason too long")
+
+
+AnyMessage = (
+    AdvertiseKeys
+    | KeyDirectory
+    | EncryptedShares
+    | ShareDelivery
+    | MaskedInput
+    | SurvivorList
+    | SurvivorSignature
+    | UnmaskRequest
+    | UnmaskResponse
+    | Abort
+)
+
+# ---------------------------------------------------------------------------------------------
+# Codec
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def u8(self, v: int) -> None:
+        self.parts.append(struct.pack(">B", v))
+
+    def u16(self, v: int) -> None:
+        self.parts.append(struct.pack(">H", v))
+
+    def u32(self, v: int) -> None:
+        self.parts.append(struct.pack(">I", v))
+
+    def raw(self, b: bytes) -> None:
+        self.parts.append(b)
+
+    def blob(self, b: bytes) -> None:
+        self.u32(len(b))
+        self.raw(b)
+
+    def ids(self, ids: Sequence[int]) -> None:
+        self.u32(len(ids))
+        self.raw(struct.pack(f">{len(ids)}I", *ids))
+
+
+class _Reader:
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.data = memoryview(data)
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise MessageDecodeError("message is truncated")
+        out = bytes(self.data[self.pos : self.pos + n])
+        self.pos += n
+        return out
+
+    def u8(self) -> int:
+        return int(self.take(1)[0])
+
+    def u16(self) -> int:
+        return int(struct.unpack(">H", self.take(2))[0])
+
+    def u32(self) -> int:
+        return int(struct.unpack(">I", self.take(4))[0])
+
+    def count(self, item_bytes: int) -> int:
+        n = self.u32()
+        if n > MAX_PARTIES or n * item_bytes > len(self.data) - self.pos:
+            raise MessageDecodeError("list count exceeds message size")
+        return n
+
+    def blob(self) -> bytes:
+        n = self.u32()
+        return self.take(n)
+
+    def ids(self) -> tuple[int, ...]:
+        n = self.count(4)
+        return tuple(struct.unpack(f">{n}I", self.take(4 * n)))
+
+    def done(self) -> None:
+        if self.pos != len(self.data):
+            raise MessageDecodeError("trailing bytes after message body")
+
+
+def _write_key(w: _Writer, e: KeyEntry) -> None:
+    w.u32(e.party)
+    w.raw(e.mask_public)
+    w.raw(e.encryption_public)
+    w.u8(len(e.signature))
+    w.raw(e.signature)
+
+
+def _read_key(r: _Reader) -> KeyEntry:
+    party = r.u32()
+    mask, enc = r.take(32), r.take(32)
+    sig_len = r.u8()
+    if sig_len not in (0, SIGNATURE_BYTES):
+        raise MessageDecodeError("bad signature length")
+    return KeyEntry(party, mask, enc, r.take(sig_len))
+
+
+def encode_key_entry(entry: KeyEntry) -> bytes:
+    """A key entry alone (for engine state persistence)."""
+    w = _Writer()
+    _write_key(w, entry)
+    return b"".join(w.parts)
+
+
+def decode_key_entry(data: bytes) -> KeyEntry:
+    """Inverse of :func:`encode_key_entry`."""
+    r = _Reader(data)
+    try:
+        entry = _read_key(r)
+    except ValueError as exc:
+        raise MessageDecodeError(f"invalid key entry: {exc}") from None
+    r.done()
+    return entry
+
+
+def _write_body(w: _Writer, m: Message) -> None:  # noqa: C901 - one branch per message type
+    if isinstance(m, AdvertiseKeys):
+        _write_key(w, m.keys)
+    elif isinstance(m, KeyDirectory):
+        w.u32(len(m.entries))
+        for e in m.entries:
+            _write_key(w, e)
+    elif isinstance(m, (EncryptedShares, ShareDelivery)):
+        w.u32(len(m.sealed))
+        for s in m.sealed:
+            w.u32(s.party)
+            w.blob(s.ciphertext)
+    elif isinstance(m, MaskedInput):
+        w.u8(m.modulus_bits)
+        w.u32(m.count)
+        w.raw(m.payload)
+    elif isinstance(m, SurvivorList):
+        w.ids(m.survivors)
+    elif isinstance(m, SurvivorSignature):
+        w.raw(m.signature)
+    elif isinstance(m, UnmaskRequest):
+        w.ids(m.survivors)
+        w.ids(m.dropped)
+        w.u32(len(m.signatures))
+        for s in m.signatures:
+            w.u32(s.party)
+            w.raw(s.signature)
+    elif isinstance(m, UnmaskResponse):
+        for group in (m.self_mask_shares, m.mask_key_shares):
+            w.u32(len(group))
+            for share in group:
+                w.u32(share.owner)
+                w.u16(len(share.share))
+                w.raw(share.share)
+    elif isinstance(m, Abort):
+        reason = m.reason.encode()
+        w.u16(len(reason))
+        w.raw(reason)
+    else:  # pragma: no cover
+        raise TypeError(f"not a message: {type(m).__name__}")
+
+
+def encode(message: Message) -> bytes:
+    """The wire bytes of ``message``."""
+    w = _Writer()
+    _write_body(w, message)
+    body = b"".join(w.parts)
+    header = _HEADER.pack(
+        MAGIC,
+        VERSION,
+        int(message.TYPE),
+        message.session_id,
+        message.round_index,
+        message.sender,
+        message.recipient,
+        len(body),
+    )
+    return header + body
+
+
+def decode(data: bytes | bytearray | memoryview, *, max_bytes: int = MAX_WIRE_BYTES) -> AnyMessage:
+    """Decode exactly one message.
+
+    Raises:
+        MessageDecodeError: ``data`` is not exactly one valid message, or is over ``max_bytes``.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise MessageDecodeError("wire data must be bytes")
+    if len(data) > max_bytes:
+        raise MessageDecodeError(f"message of {len(data)} bytes exceeds the limit {max_bytes}")
+    if len(data) < HEADER_BYTES:
+        raise MessageDecodeError("message is shorter than its header")
+    magic, version, mtype, session, rnd, sender, recipient, length = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise MessageDecodeError("bad magic")
+    if version != VERSION:
+        raise MessageDecodeError(f"unsupported wire version {version}")
+    if length != len(data) - HEADER_BYTES:
+        raise MessageDecodeError("body length does not match the header")
+    try:
+        kind = MessageType(mtype)
+    except ValueError:
+        raise MessageDecodeError(f"unknown message type {mtype}") from None
+    r = _Reader(memoryview(data)[HEADER_BYTES:])
+    head = (session, rnd, sender, recipient)
+    try:
+        message = _read_body(kind, r, head)
+    except ValueError as exc:  # a field failed validation in a dataclass
+        raise MessageDecodeError(f"invalid {kind.name}: {exc}") from None
+    r.done()
+    return message
+
+
+def _read_body(  # noqa: C901 - one branch per message type
+    kind: MessageType, r: _Reader, head: tuple[bytes, int, int, int]
+) -> AnyMessage:
+    if kind is MessageType.ADVERTISE_KEYS:
+        return AdvertiseKeys(*head, keys=_read_key(r))
+    if kind is MessageType.KEY_DIRECTORY:
+        n = r.count(69)
+        return KeyDirectory(*head, entries=tuple(_read_key(r) for _ in range(n)))
+    if kind in (MessageType.ENCRYPTED_SHARES, MessageType.SHARE_DELIVERY):
+        n = r.count(8)
+        sealed = tuple(Sealed(r.u32(), r.blob()) for _ in range(n))
+        if kind is MessageType.ENCRYPTED_SHARES:
+            return EncryptedShares(*head, sealed=sealed)
+        return ShareDelivery(*head, sealed=sealed)
+    if kind is MessageType.MASKED_INPUT:
+        bits, count = r.u8(), r.u32()
+        size = (count * bits + 7) // 8
+        return MaskedInput(*head, modulus_bits=bits, count=count, payload=r.take(size))
+    if kind is MessageType.SURVIVOR_LIST:
+        return SurvivorList(*head, survivors=r.ids())
+    if kind is MessageType.SURVIVOR_SIGNATURE:
+        return SurvivorSignature(*head, signature=r.take(SIGNATURE_BYTES))
+    if kind is MessageType.UNMASK_REQUEST:
+        survivors, dropped = r.ids(), r.ids()
+        n = r.count(68)
+        sigs = tuple(PartySignature(r.u32(), r.take(SIGNATURE_BYTES)) for _ in range(n))
+        return UnmaskRequest(*head, survivors=survivors, dropped=dropped, signatures=sigs)
+    if kind is MessageType.UNMASK_RESPONSE:
+        groups = []
+        for _ in range(2):
+            n = r.count(6)
+            groups.append(tuple(RevealedShare(r.u32(), r.take(r.u16())) for _ in range(n)))
+        return UnmaskResponse(*head, self_mask_shares=groups[0], mask_key_shares=groups[1])
+    if kind is MessageType.ABORT:
+        raw = r.take(r.u16())
+        try:
+            reason = raw.decode()
+        except UnicodeDecodeError:
+            raise MessageDecodeError("abort reason is not UTF-8") from None
+        return Abort(*head, reason=reason)
+    raise MessageDecodeError(f"unknown message type {kind}")  # pragma: no cover
