@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
+
 from secagg.errors import RemoteProtocolError
 
 MAGIC = b"SAGG"
@@ -29,6 +31,8 @@ VERSION = 1
 SERVER = 0xFFFFFFFF
 MAX_PARTIES = 1 << 20
 MAX_WIRE_BYTES = 1 << 30
+#: Longest fixed-size record (a sealed share pair, a revealed share) in a list message.
+MAX_RECORD_BYTES = 4096
 _HEADER = struct.Struct(">4sBB16sQIII")
 HEADER_BYTES = _HEADER.size
 PUBLIC_KEY_BYTES = 32
@@ -60,6 +64,11 @@ def _check_party(p: int, *, allow_server: bool = False) -> None:
 
 
 def _check_sorted_unique(ids: Sequence[int], what: str) -> None:
+    if len(ids) > 16:  # vectorized for the long lists of big cohorts
+        arr = np.asarray(ids, dtype=np.int64)
+        if np.any(np.diff(arr) <= 0) or arr[0] < 0 or arr[-1] >= MAX_PARTIES:
+            raise ValueError(f"{what} must be strictly increasing party ids")
+        return
     for a, b in zip(ids, ids[1:], strict=False):
         if a >= b:
             raise ValueError(f"{what} must be strictly increasing party ids")
@@ -128,41 +137,44 @@ class KeyDirectory(Message):
         _check_sorted_unique([e.party for e in self.entries], "key directory")
 
 
-@dataclass(frozen=True)
-class Sealed:
-    """An AES-GCM ciphertext between two parties, routed by the server."""
-
-    party: int  # the other end: receiver in EncryptedShares, sender in ShareDelivery
-    ciphertext: bytes
-
-    def __post_init__(self) -> None:
-        _check_party(self.party)
-        if not 28 <= len(self.ciphertext) <= 4096:
-            raise ValueError("ciphertext length out of range")
+def _check_records(parties: Sequence[int], records: Sequence[bytes], what: str) -> None:
+    _check_sorted_unique(parties, what)
+    if len(parties) != len(records):
+        raise ValueError(f"{what}: one record per party")
+    if records and len(set(map(len, records))) != 1:
+        raise ValueError(f"{what}: records must all have the same length")
+    if records and not 1 <= len(records[0]) <= MAX_RECORD_BYTES:
+        raise ValueError(f"{what}: record length out of range")
 
 
 @dataclass(frozen=True)
 class EncryptedShares(Message):
-    """Party -> server: one sealed pair of shares per neighbour (phase ShareKeys)."""
+    """Party -> server: one sealed pair of shares per neighbour (phase ShareKeys).
+
+    ``ciphertexts[i]`` is for ``receivers[i]``; all ciphertexts have the same length.
+    """
 
     TYPE: ClassVar[MessageType] = MessageType.ENCRYPTED_SHARES
-    sealed: tuple[Sealed, ...] = field(kw_only=True)
+    receivers: tuple[int, ...] = field(kw_only=True)
+    ciphertexts: tuple[bytes, ...] = field(kw_only=True, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_sorted_unique([s.party for s in self.sealed], "encrypted shares")
+        _check_records(self.receivers, self.ciphertexts, "encrypted shares")
 
 
 @dataclass(frozen=True)
 class ShareDelivery(Message):
-    """Server -> party: the sealed shares its neighbours addressed to it."""
+    """Server -> party: the sealed shares its neighbours addressed to it (``ciphertexts[i]`` is
+    from ``senders[i]``)."""
 
     TYPE: ClassVar[MessageType] = MessageType.SHARE_DELIVERY
-    sealed: tuple[Sealed, ...] = field(kw_only=True)
+    senders: tuple[int, ...] = field(kw_only=True)
+    ciphertexts: tuple[bytes, ...] = field(kw_only=True, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_sorted_unique([s.party for s in self.sealed], "share delivery")
+        _check_records(self.senders, self.ciphertexts, "share delivery")
 
 
 @dataclass(frozen=True)
@@ -238,36 +250,23 @@ class UnmaskRequest(Message):
 
 
 @dataclass(frozen=True)
-class RevealedShare:
-    """One Shamir share revealed to the server: ``owner`` is the party whose secret it is."""
-
-    owner: int
-    share: bytes
-
-    def __post_init__(self) -> None:
-        _check_party(self.owner)
-        if not 4 <= len(self.share) <= 256 or len(self.share) % 4:
-            raise ValueError("share length out of range")
-
-
-@dataclass(frozen=True)
 class UnmaskResponse(Message):
-    """Party -> server: self-mask-seed shares of survivors, mask-key shares of dropped parties.
-
-    Never both for the same owner (Bonawitz et al. 2017, section 4, round 4).
+    """Party -> server: shares of the self-mask seeds of surviving neighbours and of the mask
+    keys of dropped neighbours; never both for the same owner (Bonawitz et al. 2017, section 4,
+    round 4). ``self_mask_shares[i]`` is the share of ``self_mask_owners[i]``'s seed, etc.
     """
 
     TYPE: ClassVar[MessageType] = MessageType.UNMASK_RESPONSE
-    self_mask_shares: tuple[RevealedShare, ...] = field(kw_only=True)
-    mask_key_shares: tuple[RevealedShare, ...] = field(kw_only=True)
+    self_mask_owners: tuple[int, ...] = field(kw_only=True)
+    self_mask_shares: tuple[bytes, ...] = field(kw_only=True, repr=False)
+    mask_key_owners: tuple[int, ...] = field(kw_only=True)
+    mask_key_shares: tuple[bytes, ...] = field(kw_only=True, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        a = [s.owner for s in self.self_mask_shares]
-        b = [s.owner for s in self.mask_key_shares]
-        _check_sorted_unique(a, "self-mask shares")
-        _check_sorted_unique(b, "mask-key shares")
-        if set(a) & set(b):
+        _check_records(self.self_mask_owners, self.self_mask_shares, "self-mask shares")
+        _check_records(self.mask_key_owners, self.mask_key_shares, "mask-key shares")
+        if set(self.self_mask_owners) & set(self.mask_key_owners):
             raise ValueError("a party's self-mask and mask-key shares must never be revealed both")
 
 
@@ -325,6 +324,13 @@ class _Writer:
         self.u32(len(ids))
         self.raw(struct.pack(f">{len(ids)}I", *ids))
 
+    def records(self, ids: Sequence[int], records: Sequence[bytes]) -> None:
+        """count u32 | record length u16 | ids | records (all of one length)."""
+        self.u32(len(ids))
+        self.u16(len(records[0]) if records else 0)
+        self.raw(struct.pack(f">{len(ids)}I", *ids))
+        self.raw(b"".join(records))
+
 
 class _Reader:
     def __init__(self, data: bytes | memoryview) -> None:
@@ -360,6 +366,21 @@ class _Reader:
     def ids(self) -> tuple[int, ...]:
         n = self.count(4)
         return tuple(struct.unpack(f">{n}I", self.take(4 * n)))
+
+    def records(self) -> tuple[tuple[int, ...], tuple[bytes, ...]]:
+        n = self.u32()
+        size = self.u16()
+        if n > MAX_PARTIES or n * (4 + size) > len(self.data) - self.pos:
+            raise MessageDecodeError("list count exceeds message size")
+        if n == 0:
+            if size:
+                raise MessageDecodeError("record length given for an empty list")
+            return (), ()
+        if size == 0:
+            raise MessageDecodeError("empty records")
+        ids = tuple(struct.unpack(f">{n}I", self.take(4 * n)))
+        blob = self.take(n * size)
+        return ids, tuple(blob[i : i + size] for i in range(0, n * size, size))
 
     def done(self) -> None:
         if self.pos != len(self.data):
@@ -408,11 +429,10 @@ def _write_body(w: _Writer, m: Message) -> None:  # noqa: C901 - one branch per 
         w.u32(len(m.entries))
         for e in m.entries:
             _write_key(w, e)
-    elif isinstance(m, (EncryptedShares, ShareDelivery)):
-        w.u32(len(m.sealed))
-        for s in m.sealed:
-            w.u32(s.party)
-            w.blob(s.ciphertext)
+    elif isinstance(m, EncryptedShares):
+        w.records(m.receivers, m.ciphertexts)
+    elif isinstance(m, ShareDelivery):
+        w.records(m.senders, m.ciphertexts)
     elif isinstance(m, MaskedInput):
         w.u8(m.modulus_bits)
         w.u32(m.count)
@@ -429,12 +449,8 @@ def _write_body(w: _Writer, m: Message) -> None:  # noqa: C901 - one branch per 
             w.u32(s.party)
             w.raw(s.signature)
     elif isinstance(m, UnmaskResponse):
-        for group in (m.self_mask_shares, m.mask_key_shares):
-            w.u32(len(group))
-            for share in group:
-                w.u32(share.owner)
-                w.u16(len(share.share))
-                w.raw(share.share)
+        w.records(m.self_mask_owners, m.self_mask_shares)
+        w.records(m.mask_key_owners, m.mask_key_shares)
     elif isinstance(m, Abort):
         reason = m.reason.encode()
         w.u16(len(reason))
@@ -459,6 +475,16 @@ def encode(message: Message) -> bytes:
         len(body),
     )
     return header + body
+
+
+def peek_type(data: bytes) -> MessageType | None:
+    """The type code in a wire header, without decoding (None if absent or unknown)."""
+    if len(data) < HEADER_BYTES or data[:4] != MAGIC:
+        return None
+    try:
+        return MessageType(data[5])
+    except ValueError:
+        return None
 
 
 def decode(data: bytes | bytearray | memoryview, *, max_bytes: int = MAX_WIRE_BYTES) -> AnyMessage:
@@ -502,12 +528,12 @@ def _read_body(  # noqa: C901 - one branch per message type
     if kind is MessageType.KEY_DIRECTORY:
         n = r.count(69)
         return KeyDirectory(*head, entries=tuple(_read_key(r) for _ in range(n)))
-    if kind in (MessageType.ENCRYPTED_SHARES, MessageType.SHARE_DELIVERY):
-        n = r.count(8)
-        sealed = tuple(Sealed(r.u32(), r.blob()) for _ in range(n))
-        if kind is MessageType.ENCRYPTED_SHARES:
-            return EncryptedShares(*head, sealed=sealed)
-        return ShareDelivery(*head, sealed=sealed)
+    if kind is MessageType.ENCRYPTED_SHARES:
+        ids, records = r.records()
+        return EncryptedShares(*head, receivers=ids, ciphertexts=records)
+    if kind is MessageType.SHARE_DELIVERY:
+        ids, records = r.records()
+        return ShareDelivery(*head, senders=ids, ciphertexts=records)
     if kind is MessageType.MASKED_INPUT:
         bits, count = r.u8(), r.u32()
         size = (count * bits + 7) // 8
@@ -522,11 +548,15 @@ def _read_body(  # noqa: C901 - one branch per message type
         sigs = tuple(PartySignature(r.u32(), r.take(SIGNATURE_BYTES)) for _ in range(n))
         return UnmaskRequest(*head, survivors=survivors, dropped=dropped, signatures=sigs)
     if kind is MessageType.UNMASK_RESPONSE:
-        groups = []
-        for _ in range(2):
-            n = r.count(6)
-            groups.append(tuple(RevealedShare(r.u32(), r.take(r.u16())) for _ in range(n)))
-        return UnmaskResponse(*head, self_mask_shares=groups[0], mask_key_shares=groups[1])
+        self_owners, self_shares = r.records()
+        key_owners, key_shares = r.records()
+        return UnmaskResponse(
+            *head,
+            self_mask_owners=self_owners,
+            self_mask_shares=self_shares,
+            mask_key_owners=key_owners,
+            mask_key_shares=key_shares,
+        )
     if kind is MessageType.ABORT:
         raw = r.take(r.u16())
         try:

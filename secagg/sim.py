@@ -14,7 +14,7 @@ import os
 import resource
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,8 @@ from secagg import encoding, graph
 from secagg import messages as wire
 from secagg.config import RoundConfig
 from secagg.crypto import keys, rng
-from secagg.engine import ClientEngine, ServerEngine
+from secagg.engine.client import ClientEngine
+from secagg.engine.server import ServerEngine
 from secagg.engine._state import ServerState
 from secagg.errors import ConfigError, ProtocolError
 
@@ -154,6 +155,66 @@ class _Meter:
     download: int = 0
 
 
+@dataclass(frozen=True)
+class _WorkerContext:
+    """What every client worker needs besides its own state: shipped once per worker."""
+
+    config: RoundConfig
+    signing: list[bytes] | None
+    seed: int
+    value_bits: int
+
+
+_CONTEXT: _WorkerContext | None = None
+
+
+def _init_worker(context: _WorkerContext) -> None:
+    global _CONTEXT
+    _CONTEXT = context
+
+
+@dataclass(frozen=True)
+class _StepResult:
+    party: int
+    outgoing: list[bytes]
+    state: dict[str, Any]
+    seconds: float
+    failure: str | None
+
+
+def _client_step(job: tuple[int, dict[str, Any] | None, bytes | None]) -> _StepResult:
+    """One party handles one message, as a stateless host would: load its persisted engine
+    state, act, persist again. Runs in a worker process (or in process with one worker)."""
+    party, state, data = job
+    ctx = _CONTEXT
+    assert ctx is not None
+    engine = ClientEngine(
+        ctx.config, party, signing_key=None if ctx.signing is None else ctx.signing[party]
+    )
+    if state is not None:
+        engine.load_state_dict(state)
+    words = None
+    if data is not None and wire.peek_type(data) is wire.MessageType.SHARE_DELIVERY:
+        # The party's training finished during key exchange: its encoded update is ready now.
+        x = simulation_input(ctx.seed, party, ctx.config.dim, ctx.value_bits)
+        words = encoding.to_ring(x, ctx.config.modulus_bits)
+    start = time.perf_counter()
+    failure = None
+    try:
+        if data is None:
+            out = engine.start()
+        else:
+            if words is not None:
+                engine.set_input(words)
+            out = engine.receive(data)
+        encoded = [wire.encode(m) for m in out]
+    except ProtocolError as exc:
+        failure = f"{type(exc).__name__}: {exc}"
+        encoded = []
+    seconds = time.perf_counter() - start
+    return _StepResult(party, encoded, engine.state_dict(), seconds, failure)
+
+
 def run_round(
     setup: SimulationSetup,
     script: DropoutScript,
@@ -162,32 +223,32 @@ def run_round(
     workers: int = 1,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run one round and report correctness, timings and bytes (the ``simulate`` JSON)."""
+    """Run one round and report correctness, timings and bytes (the ``simulate`` JSON).
+
+    Clients are stateless between messages: each step loads the party's engine from its
+    ``state_dict``, handles one message and persists it again, in ``workers`` processes. The
+    server runs in this process; with several workers it regenerates masks on the same pool.
+
+    Timing: ``server_seconds`` is the CPU time of the server's message handling (it overlaps
+    with client work on other cores) plus the wall time of its phase transitions (nothing else
+    runs then); client seconds are per party, summed over its steps.
+    """
     config, signing = build_config(setup)
-    n, dim, bits = setup.clients, setup.dim, setup.modulus_bits
-    executor: Executor | None = None
+    n, dim = setup.clients, setup.dim
+    context = _WorkerContext(config, signing, seed, setup.value_bits)
+    executor: ProcessPoolExecutor | None = None
     if workers > 1:
-        executor = ProcessPoolExecutor(max_workers=workers)
+        executor = ProcessPoolExecutor(
+            max_workers=workers, initializer=_init_worker, initargs=(context,)
+        )
         list(executor.map(abs, range(workers)))  # start the workers before timing
+    else:
+        _init_worker(context)
     server = ServerEngine(config, executor=executor, workers=workers)
-    clients = {
-        u: ClientEngine(config, u, signing_key=None if signing is None else signing[u])
-        for u in range(n)
-    }
+    states: dict[int, dict[str, Any] | None] = dict.fromkeys(range(n))
     meters = {u: _Meter() for u in range(n)}
     server_seconds = 0.0
     failures: dict[int, str] = {}
-
-    def to_server(u: int, outgoing: list[wire.Message]) -> list[wire.Message]:
-        nonlocal server_seconds
-        replies: list[wire.Message] = []
-        for m in outgoing:
-            data = wire.encode(m)
-            meters[u].upload += len(data)
-            start = time.perf_counter()
-            replies.extend(server.receive(data))
-            server_seconds += time.perf_counter() - start
-        return replies
 
     def close() -> list[wire.Message]:
         nonlocal server_seconds
@@ -196,48 +257,47 @@ def run_round(
         server_seconds += time.perf_counter() - start
         return out
 
-    def deliver(batch: list[wire.Message], phase: str) -> list[wire.Message]:
-        """Hand the server's messages to the parties alive in ``phase``; route their replies."""
-        replies: list[wire.Message] = []
-        for i, m in enumerate(batch):
-            u = m.recipient
-            if progress:
-                progress(phase, i + 1, len(batch))
+    def run_clients(jobs: list[tuple[int, dict[str, Any] | None, bytes | None]], phase: str):  # type: ignore[no-untyped-def]
+        if executor is None:
+            return map(_client_step, jobs)
+        return executor.map(_client_step, jobs, chunksize=max(1, min(16, len(jobs) // 8)))
+
+    def step(batch: list[tuple[int, bytes | None]], phase: str) -> list[wire.Message]:
+        """Hand messages to the parties alive in ``phase``; route their replies to the server."""
+        nonlocal server_seconds
+        jobs = []
+        for u, data in batch:
             if not script.alive(u, phase) or u in failures:
                 continue
-            data = wire.encode(m)
-            meters[u].download += len(data)
-            start = time.perf_counter()
-            try:
-                out = clients[u].receive(data)
-            except ProtocolError as exc:
-                failures[u] = f"{type(exc).__name__}: {exc}"
-                out = []
-            meters[u].seconds += time.perf_counter() - start
-            replies.extend(to_server(u, out))
+            if data is not None:
+                meters[u].download += len(data)
+            jobs.append((u, states[u], data))
+        replies: list[wire.Message] = []
+        for i, result in enumerate(run_clients(jobs, phase)):
+            if progress:
+                progress(phase, i + 1, len(jobs))
+            u = result.party
+            states[u] = result.state
+            meters[u].seconds += result.seconds
+            if result.failure:
+                failures[u] = result.failure
+            for data in result.outgoing:
+                meters[u].upload += len(data)
+                start = time.thread_time()
+                replies.extend(server.receive(data))
+                server_seconds += time.thread_time() - start
         return replies
 
     expected = np.zeros(dim, dtype=np.int64)
     plaintext_seconds = 0.0
     try:
-        # Phase 1: AdvertiseKeys (inputs are set up front, as a training client would).
-        pending: list[wire.Message] = []
-        for u in range(n):
-            if progress:
-                progress("advertise", u + 1, n)
-            if not script.alive(u, "advertise"):
-                continue
-            x = encoding.to_ring(simulation_input(seed, u, dim, setup.value_bits), bits)
-            start = time.perf_counter()
-            out = clients[u].start()
-            clients[u].set_input(x)
-            meters[u].seconds += time.perf_counter() - start
-            pending += to_server(u, out)
+        pending = step([(u, None) for u in range(n)], "advertise")
         while server.state not in (ServerState.DONE, ServerState.FAILED):
             if not pending:
                 pending = close()  # the host's timeout: go on with whoever answered
                 continue
-            pending = deliver(pending, _PHASE_OF[server.state])
+            phase = _PHASE_OF[server.state]
+            pending = step([(m.recipient, wire.encode(m)) for m in pending], phase)
         result = server.result
         assert result is not None
         # Independent check: the plaintext sum of the survivors' encoded inputs.
@@ -247,7 +307,6 @@ def run_round(
             expected += x
             plaintext_seconds += time.perf_counter() - start
         correct = bool(np.array_equal(result.signed(), expected))
-        survivors = len(result.survivors)
     finally:
         if executor is not None:
             executor.shutdown()
@@ -261,12 +320,12 @@ def run_round(
     return {
         "clients": n,
         "dim": dim,
-        "survivors": survivors,
+        "survivors": len(result.survivors),
         "dropped": len(result.dropped),
         "graph": setup.graph_kind,
         "neighbors": setup.neighbors,
         "threshold": setup.threshold,
-        "modulus_bits": bits,
+        "modulus_bits": setup.modulus_bits,
         "active": setup.active,
         "correct": correct,
         "server_seconds": server_seconds,

@@ -181,7 +181,7 @@ class ServerEngine:
             assert self._router is not None
             self._need(len(self._router.sealed), t + 1, "parties shared keys")
             deliveries = self._router.deliveries()
-            self._peers = {v: tuple(s.party for s in d.sealed) for v, d in deliveries.items()}
+            self._peers = {v: d.senders for v, d in deliveries.items()}
             self._sum = MaskedSum(cfg, set(deliveries))
             self.state = ServerState.COLLECT_MASKED_INPUTS
             return list(deliveries.values())

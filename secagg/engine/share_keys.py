@@ -17,7 +17,7 @@ from secagg.crypto import aead, kdf, keys, rng, shamir
 from secagg.crypto.prg import SEED_BYTES
 from secagg.engine.advertise import KeyAgreement, PartySecrets
 from secagg.errors import RemoteProtocolError
-from secagg.messages import SERVER, EncryptedShares, Sealed, ShareDelivery
+from secagg.messages import SERVER, EncryptedShares, ShareDelivery
 
 MASK_KEY_BYTES = 32
 SELF_SHARE_BYTES = 4 * shamir.limbs_for(SEED_BYTES)
@@ -75,7 +75,7 @@ def client_share_keys(
     shared = keys.x25519_shared_secrets(
         secrets.encryption_private, [agreement.neighbors[v].encryption_public for v in peers]
     )
-    sealed = []
+    sealed: list[bytes] = []
     for i, v in enumerate(peers):
         plaintext = (
             _PLAIN.pack(party, v)
@@ -84,9 +84,14 @@ def client_share_keys(
         )
         key = share_encryption_key(config, shared[i], party, v)
         ad = aead.share_associated_data(config.session_id, config.round_index, party, v)
-        sealed.append(Sealed(v, aead.encrypt(key, plaintext, ad)))
+        sealed.append(aead.encrypt(key, plaintext, ad))
     message = EncryptedShares(
-        config.session_id, config.round_index, party, SERVER, sealed=tuple(sealed)
+        config.session_id,
+        config.round_index,
+        party,
+        SERVER,
+        receivers=tuple(peers),
+        ciphertexts=tuple(sealed),
     )
     return self_mask_seed, message
 
@@ -105,7 +110,7 @@ def client_accept_delivery(
         RemoteProtocolError: a share from a non-neighbour, failing authentication or mislabelled,
             or fewer than t neighbours in U2.
     """
-    senders = [s.party for s in delivery.sealed]
+    senders = list(delivery.senders)
     unknown = [v for v in senders if v not in agreement.neighbors]
     if unknown:
         raise RemoteProtocolError(f"shares from parties {unknown[:5]} that are not neighbours in U1")
@@ -119,11 +124,10 @@ def client_accept_delivery(
     )
     self_shares: dict[int, bytes] = {}
     key_shares: dict[int, bytes] = {}
-    for i, item in enumerate(delivery.sealed):
-        v = item.party
+    for i, (v, ciphertext) in enumerate(zip(senders, delivery.ciphertexts, strict=True)):
         key = share_encryption_key(config, shared[i], v, party)
         ad = aead.share_associated_data(config.session_id, config.round_index, v, party)
-        plaintext = aead.decrypt(key, item.ciphertext, ad)
+        plaintext = aead.decrypt(key, ciphertext, ad)
         if len(plaintext) != PLAINTEXT_BYTES or _PLAIN.unpack_from(plaintext) != (v, party):
             raise RemoteProtocolError(f"share from party {v} is mislabelled or malformed")
         body = plaintext[_PLAIN.size :]
@@ -142,7 +146,7 @@ class ShareRouter:
         """``present``: U1 -> the neighbours in U1 each party was told about."""
         self.config = config
         self.present = present
-        self.sealed: dict[int, tuple[Sealed, ...]] = {}
+        self.sealed: dict[int, tuple[bytes, ...]] = {}
 
     def add(self, message: EncryptedShares) -> None:
         u = message.sender
@@ -150,23 +154,30 @@ class ShareRouter:
             raise RemoteProtocolError(f"party {u} sent shares without advertising keys")
         if u in self.sealed:
             raise RemoteProtocolError(f"party {u} sent shares twice")
-        receivers = tuple(s.party for s in message.sealed)
-        if receivers != self.present[u]:
+        if message.receivers != self.present[u]:
             raise RemoteProtocolError(
                 f"party {u} must seal shares for exactly its neighbours in U1"
             )
-        self.sealed[u] = message.sealed
+        self.sealed[u] = message.ciphertexts
 
     def deliveries(self) -> dict[int, ShareDelivery]:
         """U2 -> the ciphertexts its neighbours in U2 sealed for it."""
-        inbox: dict[int, list[Sealed]] = {u: [] for u in self.sealed}
+        senders: dict[int, list[int]] = {u: [] for u in self.sealed}
+        inbox: dict[int, list[bytes]] = {u: [] for u in self.sealed}
         for u in sorted(self.sealed):
-            for item in self.sealed[u]:
-                if item.party in inbox:
-                    inbox[item.party].append(Sealed(u, item.ciphertext))
+            for v, ciphertext in zip(self.present[u], self.sealed[u], strict=True):
+                if v in inbox:
+                    senders[v].append(u)
+                    inbox[v].append(ciphertext)
+        cfg = self.config
         return {
             v: ShareDelivery(
-                self.config.session_id, self.config.round_index, SERVER, v, sealed=tuple(items)
+                cfg.session_id,
+                cfg.round_index,
+                SERVER,
+                v,
+                senders=tuple(senders[v]),
+                ciphertexts=tuple(items),
             )
             for v, items in inbox.items()
         }

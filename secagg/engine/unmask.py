@@ -22,7 +22,7 @@ from secagg.engine.masked_input import mask_context
 from secagg.engine.masking import DroppedPartyMasks, self_mask_stream_seed, total_mask_parallel
 from secagg.engine.share_keys import MASK_KEY_BYTES, HeldShares
 from secagg.errors import AbortedError, RemoteProtocolError
-from secagg.messages import SERVER, RevealedShare, UnmaskRequest, UnmaskResponse
+from secagg.messages import SERVER, UnmaskRequest, UnmaskResponse
 
 
 def client_unmask(
@@ -74,17 +74,16 @@ def client_unmask(
             f"only {len(surviving_peers)} surviving neighbours, fewer than the threshold"
             f" {config.threshold}"
         )
-    self_shares = tuple(RevealedShare(v, held.self_mask_shares[v]) for v in surviving_peers)
-    key_shares = tuple(
-        RevealedShare(v, held.mask_key_shares[v]) for v in sorted(peers & dropped)
-    )
+    dropped_peers = sorted(peers & dropped)
     return UnmaskResponse(
         config.session_id,
         config.round_index,
         party,
         SERVER,
-        self_mask_shares=self_shares,
-        mask_key_shares=key_shares,
+        self_mask_owners=tuple(surviving_peers),
+        self_mask_shares=tuple(held.self_mask_shares[v] for v in surviving_peers),
+        mask_key_owners=tuple(dropped_peers),
+        mask_key_shares=tuple(held.mask_key_shares[v] for v in dropped_peers),
     )
 
 
@@ -125,21 +124,18 @@ class Unmasker:
         if w in self.responders:
             raise RemoteProtocolError(f"party {w} answered the unmask request twice")
         mine = set(self.peers.get(w, ()))
-        for group, store, size in (
-            (message.self_mask_shares, self.self_mask_shares, SEED_BYTES),
-            (message.mask_key_shares, self.mask_key_shares, MASK_KEY_BYTES),
-        ):
-            for item in group:
-                if item.owner not in store or item.owner not in mine:
-                    raise RemoteProtocolError(f"party {w} revealed a share it should not have")
-                if len(item.share) != 4 * shamir.limbs_for(size):
-                    raise RemoteProtocolError(f"party {w} revealed a malformed share")
-        for group, store in (
-            (message.self_mask_shares, self.self_mask_shares),
-            (message.mask_key_shares, self.mask_key_shares),
-        ):
-            for item in group:
-                store[item.owner][w] = item.share
+        groups = (
+            (message.self_mask_owners, message.self_mask_shares, self.self_mask_shares, SEED_BYTES),
+            (message.mask_key_owners, message.mask_key_shares, self.mask_key_shares, MASK_KEY_BYTES),
+        )
+        for owners, shares, store, size in groups:
+            if not set(owners) <= mine or not all(o in store for o in owners):
+                raise RemoteProtocolError(f"party {w} revealed a share it should not have")
+            if shares and len(shares[0]) != 4 * shamir.limbs_for(size):
+                raise RemoteProtocolError(f"party {w} revealed a malformed share")
+        for owners, shares, store, _ in groups:
+            for owner, share in zip(owners, shares, strict=True):
+                store[owner][w] = share
         self.responders.add(w)
 
     def finish(
@@ -198,14 +194,11 @@ def _reconstruct_all(
             coeffs = shamir.lagrange_at_zero_excluding(base, missing.pop())
         else:
             coeffs = shamir.lagrange_at_zero(points)
-        matrix = np.stack(
-            [
-                np.stack([np.frombuffer(shares[o][h], dtype=">u4") for o in owners])
-                for h in holders
-            ]
-        ).astype(np.uint64)
+        limbs = shamir.limbs_for(secret_bytes)
+        blob = b"".join(shares[o][h] for h in holders for o in owners)
+        matrix = np.frombuffer(blob, dtype=">u4").reshape(len(holders), len(owners), limbs)
         try:
-            secrets = shamir.reconstruct_with(coeffs, matrix, secret_bytes)
+            secrets = shamir.reconstruct_with(coeffs, matrix.astype(np.uint64), secret_bytes)
         except ValueError as exc:
             raise RemoteProtocolError(f"revealed shares are inconsistent: {exc}") from None
         out.update(zip(owners, secrets, strict=True))
