@@ -59,7 +59,8 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="secagg",
-        description="Privacy-hardened secure aggregation (SecAgg / SecAgg+) for federated learning.",
+        description="Privacy-hardened secure aggregation (SecAgg / SecAgg+) for federated "
+        "learning.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

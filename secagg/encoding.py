@@ -115,9 +115,7 @@ class FixedPointEncoder:
 def to_ring(values: npt.NDArray[np.integer], modulus_bits: int) -> Words:
     """Signed integers to Z_(2^B) words (two's complement, reduced mod 2^B)."""
     dtype = word_dtype(modulus_bits)
-    words = np.asarray(values).astype(np.int64).view(np.uint64) & np.uint64(
-        (1 << modulus_bits) - 1
-    )
+    words = np.asarray(values).astype(np.int64).view(np.uint64) & np.uint64((1 << modulus_bits) - 1)
     return words.astype(dtype)
 
 
@@ -162,10 +160,10 @@ def pack(words: Words, modulus_bits: int) -> bytes:
         le = np.ascontiguousarray(w, dtype=dtype.newbyteorder("<")).view(np.uint8)
         return le.reshape(-1, width)[:, : modulus_bits // 8].tobytes()
     groups = -(-count // 8)
-    values = np.zeros(groups * 8, dtype=np.uint64)
-    values[:count] = w
-    values &= np.uint64((1 << modulus_bits) - 1)
-    values = values.reshape(groups, 8)
+    flat = np.zeros(groups * 8, dtype=np.uint64)
+    flat[:count] = w
+    flat &= np.uint64((1 << modulus_bits) - 1)
+    values = flat.reshape(groups, 8)
     lanes = np.zeros((groups, -(-modulus_bits // 8)), dtype=np.uint64)
     for i, (q, r) in enumerate(_group_layout(modulus_bits)):
         lanes[:, q] |= values[:, i] << np.uint64(r)
@@ -221,15 +219,17 @@ def add_packed(accumulator: Words, data: bytes, modulus_bits: int) -> None:
     buf = bytearray(groups * modulus_bits + 8)  # room for the last unaligned 64-bit load
     buf[: len(data)] = data
     mask = np.uint64((1 << modulus_bits) - 1)
+    values = np.empty(groups, dtype=np.uint64)
     for i in range(8):
         byte, shift = divmod(i * modulus_bits, 8)
         n_i = len(range(i, count, 8))
         lanes = np.ndarray((groups,), dtype="<u8", buffer=buf, offset=byte, strides=(modulus_bits,))
-        values = (lanes >> np.uint64(shift)) & mask
-        if np.any(values[n_i:]):
+        np.right_shift(lanes, np.uint64(shift), out=values)
+        np.bitwise_and(values, mask, out=values)
+        if n_i < groups and np.any(values[n_i:]):
             raise EncodingError("non-zero padding bits in packed vector")
         target = accumulator[i::8]
-        np.add(target, values[:n_i].astype(dtype, copy=False), out=target)
+        np.add(target, values[:n_i], out=target, casting="unsafe")
     tail_bits = len(data) * 8 - count * modulus_bits
     if tail_bits and data[-1] >> (8 - tail_bits):
         raise EncodingError("non-zero padding bits in packed vector")

@@ -17,6 +17,7 @@ The server is party id :data:`SERVER` (``0xFFFFFFFF``); parties are ``0..n-1``.
 from __future__ import annotations
 
 import enum
+import itertools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ def _check_sorted_unique(ids: Sequence[int], what: str) -> None:
         if np.any(np.diff(arr) <= 0) or arr[0] < 0 or arr[-1] >= MAX_PARTIES:
             raise ValueError(f"{what} must be strictly increasing party ids")
         return
-    for a, b in zip(ids, ids[1:], strict=False):
+    for a, b in itertools.pairwise(ids):
         if a >= b:
             raise ValueError(f"{what} must be strictly increasing party ids")
     for p in ids:
@@ -422,7 +423,7 @@ def decode_key_entry(data: bytes) -> KeyEntry:
     return entry
 
 
-def _write_body(w: _Writer, m: Message) -> None:  # noqa: C901 - one branch per message type
+def _write_body(w: _Writer, m: Message) -> None:
     if isinstance(m, AdvertiseKeys):
         _write_key(w, m.keys)
     elif isinstance(m, KeyDirectory):
@@ -520,9 +521,7 @@ def decode(data: bytes | bytearray | memoryview, *, max_bytes: int = MAX_WIRE_BY
     return message
 
 
-def _read_body(  # noqa: C901 - one branch per message type
-    kind: MessageType, r: _Reader, head: tuple[bytes, int, int, int]
-) -> AnyMessage:
+def _read_body(kind: MessageType, r: _Reader, head: tuple[bytes, int, int, int]) -> AnyMessage:
     if kind is MessageType.ADVERTISE_KEYS:
         return AdvertiseKeys(*head, keys=_read_key(r))
     if kind is MessageType.KEY_DIRECTORY:

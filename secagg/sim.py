@@ -25,9 +25,9 @@ from secagg import encoding, graph
 from secagg import messages as wire
 from secagg.config import RoundConfig
 from secagg.crypto import keys, rng
+from secagg.engine._state import ServerState
 from secagg.engine.client import ClientEngine
 from secagg.engine.server import ServerEngine
-from secagg.engine._state import ServerState
 from secagg.errors import ConfigError, ProtocolError
 
 Progress = Callable[[str, int, int], None]

@@ -34,7 +34,9 @@ def generate_x25519() -> tuple[bytes, bytes]:
 
 def x25519_public(private_raw: bytes) -> bytes:
     """The public key of a raw X25519 private key."""
-    return X25519PrivateKey.from_private_bytes(private_raw).public_key().public_bytes(_RAW, _RAW_PUB)
+    return (
+        X25519PrivateKey.from_private_bytes(private_raw).public_key().public_bytes(_RAW, _RAW_PUB)
+    )
 
 
 def x25519_shared_secret(private_raw: bytes, peer_public_raw: bytes) -> bytes:

@@ -143,9 +143,7 @@ def reconstruct(points: Sequence[int], shares: U64Array, secret_bytes: int) -> l
     """
     if len(points) != np.shape(shares)[0]:
         raise ValueError("shares must have shape (len(points), m, limbs)")
-    return reconstruct_with(
-        lagrange_at_zero(tuple(int(p) for p in points)), shares, secret_bytes
-    )
+    return reconstruct_with(lagrange_at_zero(tuple(int(p) for p in points)), shares, secret_bytes)
 
 
 def lagrange_at_zero_excluding(points: tuple[int, ...], excluded: int) -> U64Array:

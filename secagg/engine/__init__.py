@@ -1,4 +1,5 @@
-"""The sans-I/O secure aggregation engine: client and server state machines, one module per phase."""
+"""The sans-I/O secure aggregation engine: client and server state machines, one module per
+phase."""
 
 from secagg.engine.client import ClientEngine
 from secagg.engine.server import AggregationResult, ServerEngine

@@ -121,7 +121,9 @@ class KeyCollector:
         """U1 -> each present party's directory of present neighbours."""
         out = {}
         for party in sorted(self.entries):
-            entries = tuple(self.entries[v] for v in self.config.neighbors(party) if v in self.entries)
+            entries = tuple(
+                self.entries[v] for v in self.config.neighbors(party) if v in self.entries
+            )
             out[party] = KeyDirectory(
                 self.config.session_id, self.config.round_index, SERVER, party, entries=entries
             )

@@ -49,7 +49,9 @@ class ClientEngine:
         signing_key: the party's long-term Ed25519 private key (active mode only).
     """
 
-    def __init__(self, config: RoundConfig, party: int, *, signing_key: bytes | None = None) -> None:
+    def __init__(
+        self, config: RoundConfig, party: int, *, signing_key: bytes | None = None
+    ) -> None:
         if not 0 <= party < config.num_parties:
             raise LocalProtocolError(f"party id {party} is not in 0..{config.num_parties - 1}")
         if config.active and signing_key is None:
@@ -138,9 +140,7 @@ class ClientEngine:
         out: list[Message] = []
         if isinstance(msg, wire.KeyDirectory):
             assert self._secrets is not None and self._own_keys is not None
-            self._agreement = client_accept_directory(
-                self.config, self.party, self._own_keys, msg
-            )
+            self._agreement = client_accept_directory(self.config, self.party, self._own_keys, msg)
             seed, shares_msg = share_keys.client_share_keys(
                 self.config, self.party, self._secrets, self._agreement
             )
@@ -172,17 +172,18 @@ class ClientEngine:
         return out
 
     def _send_masked_input(self) -> Message:
-        assert self._secrets and self._agreement and self._held and self._input is not None
+        secrets, agreement, held, words = self._secrets, self._agreement, self._held, self._input
+        assert secrets and agreement and held and words is not None
         message = self._guard(
             lambda: masked_input.client_masked_input(
-                self.config, self.party, self._secrets, self._agreement, self._held, self._input  # type: ignore[arg-type]
+                self.config, self.party, secrets, agreement, held, words
             )
         )
         # s_u and b_u have done their job: only the neighbours' shares can recover them now.
         self._secrets = None
         self._input = None
         self._self_mask_seed = None
-        self._held = HeldShares(b"", self._held.self_mask_shares, self._held.mask_key_shares)
+        self._held = HeldShares(b"", held.self_mask_shares, held.mask_key_shares)
         self.state = ClientState.AWAIT_SURVIVORS
         return message
 
@@ -190,9 +191,7 @@ class ClientEngine:
 
     def _parse(self, message: Message | bytes) -> Message:
         msg: Message = (
-            wire.decode(message)
-            if isinstance(message, (bytes, bytearray, memoryview))
-            else message
+            wire.decode(message) if isinstance(message, (bytes, bytearray, memoryview)) else message
         )
         if not isinstance(msg, Message):
             raise LocalProtocolError("receive() takes a Message or its wire bytes")
@@ -285,9 +284,9 @@ class ClientEngine:
         self._self_mask_seed = state["self_mask_seed"]
         self._held = None if state["held"] is None else HeldShares(*state["held"])
         dtype = masked_input.mask_context(self.config).dtype
-        self._input = None if state["input"] is None else np.frombuffer(
-            state["input"], dtype=dtype
-        ).copy()
+        self._input = (
+            None if state["input"] is None else np.frombuffer(state["input"], dtype=dtype).copy()
+        )
         self._signed_survivors = (
             None if state["signed_survivors"] is None else tuple(state["signed_survivors"])
         )

@@ -11,7 +11,7 @@ from secagg.crypto import keys, prg
 from secagg.engine.advertise import KeyAgreement, PartySecrets
 from secagg.engine.masking import MaskContext, pairwise_seed, self_mask_stream_seed
 from secagg.engine.share_keys import HeldShares
-from secagg.errors import LocalProtocolError, RemoteProtocolError
+from secagg.errors import EncodingError, LocalProtocolError, RemoteProtocolError
 from secagg.messages import SERVER, MaskedInput
 
 
@@ -91,6 +91,6 @@ class MaskedSum:
             raise RemoteProtocolError(f"masked input of party {u} has the wrong shape")
         try:
             encoding.add_packed(self.total, message.payload, self.config.modulus_bits)
-        except encoding.EncodingError as exc:
+        except EncodingError as exc:
             raise RemoteProtocolError(f"masked input of party {u}: {exc}") from None
         self.received.add(u)

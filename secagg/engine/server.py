@@ -24,6 +24,7 @@ import numpy.typing as npt
 from secagg import encoding
 from secagg import messages as wire
 from secagg.config import RoundConfig
+from secagg.crypto import keys
 from secagg.engine import consistency
 from secagg.engine._state import SERVER_ACCEPTS, ServerState
 from secagg.engine.advertise import KeyCollector
@@ -34,6 +35,7 @@ from secagg.errors import AbortedError, LocalProtocolError, ProtocolError, Remot
 from secagg.messages import Message, PartySignature
 
 T = TypeVar("T")
+STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -156,8 +158,6 @@ class ServerEngine:
                 raise RemoteProtocolError(f"unexpected survivor signature from {msg.sender}")
             assert self.config.verify_keys is not None
             payload = consistency.survivors_payload(self.config, self._survivors)
-            from secagg.crypto import keys
-
             if not keys.verify(self.config.verify_keys[msg.sender], msg.signature, payload):
                 raise RemoteProtocolError(f"invalid survivor signature from {msg.sender}")
             self._signatures[msg.sender] = msg.signature
@@ -212,7 +212,9 @@ class ServerEngine:
             self._unmasker = None
             self.state = ServerState.DONE
             return []
-        raise LocalProtocolError(f"no phase to close in state {self.state.name}")  # pragma: no cover
+        raise LocalProtocolError(
+            f"no phase to close in state {self.state.name}"
+        )  # pragma: no cover
 
     def _start_unmask(
         self, recipients: tuple[int, ...], signatures: tuple[PartySignature, ...]
@@ -249,9 +251,7 @@ class ServerEngine:
 
     def _parse(self, message: Message | bytes) -> Message:
         msg: Message = (
-            wire.decode(message)
-            if isinstance(message, (bytes, bytearray, memoryview))
-            else message
+            wire.decode(message) if isinstance(message, (bytes, bytearray, memoryview)) else message
         )
         if not isinstance(msg, Message):
             raise LocalProtocolError("receive() takes a Message or its wire bytes")
@@ -301,5 +301,107 @@ class ServerEngine:
     # -- persistence -----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Not supported mid-round yet for the server beyond the phase marker; see docs."""
-        raise LocalProtocolError("server state persistence is not implemented")
+        """Everything needed to resume the server later (plain Python values and bytes).
+
+        It holds no party secret until the unmasking phase, where it holds revealed shares.
+        """
+        router, total, unmasker = self._router, self._sum, self._unmasker
+        return {
+            "version": STATE_VERSION,
+            "session_id": self.config.session_id,
+            "round_index": self.config.round_index,
+            "state": self.state.value,
+            "error": None if self.error is None else repr(self.error),
+            "keys": [wire.encode_key_entry(e) for e in self._keys.entries.values()],
+            "router": None
+            if router is None
+            else {
+                "present": {u: list(v) for u, v in router.present.items()},
+                "sealed": {u: list(c) for u, c in router.sealed.items()},
+            },
+            "peers": {u: list(v) for u, v in self._peers.items()},
+            "sum": None
+            if total is None
+            else {
+                "expected": sorted(total.expected),
+                "received": sorted(total.received),
+                "total": total.total.tobytes(),
+            },
+            "survivors": list(self._survivors),
+            "dropped": list(self._dropped),
+            "signatures": dict(self._signatures),
+            "unmask": None
+            if unmasker is None
+            else {
+                "expected": sorted(unmasker.expected),
+                "responders": sorted(unmasker.responders),
+                "self_mask_shares": {u: dict(h) for u, h in unmasker.self_mask_shares.items()},
+                "mask_key_shares": {u: dict(h) for u, h in unmasker.mask_key_shares.items()},
+            },
+            "result": None
+            if self.result is None
+            else {
+                "total": self.result.total.tobytes(),
+                "survivors": list(self.result.survivors),
+                "dropped": list(self.result.dropped),
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict` (same config).
+
+        Raises:
+            LocalProtocolError: the state belongs to another session, round or version.
+        """
+        cfg = self.config
+        if (
+            state.get("version") != STATE_VERSION
+            or state.get("session_id") != cfg.session_id
+            or state.get("round_index") != cfg.round_index
+        ):
+            raise LocalProtocolError("state dict does not belong to this engine")
+        dtype = encoding.word_dtype(cfg.modulus_bits)
+        self.state = ServerState(state["state"])
+        self.error = None if state["error"] is None else LocalProtocolError(state["error"])
+        self._keys = KeyCollector(cfg)
+        for raw in state["keys"]:
+            entry = wire.decode_key_entry(raw)
+            self._keys.entries[entry.party] = entry
+        self._router = None
+        if state["router"] is not None:
+            present = {int(u): tuple(v) for u, v in state["router"]["present"].items()}
+            self._router = ShareRouter(cfg, present)
+            self._router.sealed = {int(u): tuple(c) for u, c in state["router"]["sealed"].items()}
+        self._peers = {int(u): tuple(v) for u, v in state["peers"].items()}
+        self._sum = None
+        if state["sum"] is not None:
+            self._sum = MaskedSum(cfg, set(state["sum"]["expected"]))
+            self._sum.received = set(state["sum"]["received"])
+            self._sum.total = np.frombuffer(state["sum"]["total"], dtype=dtype).copy()
+        self._survivors = tuple(state["survivors"])
+        self._dropped = tuple(state["dropped"])
+        self._signatures = dict(state["signatures"])
+        self._unmasker = None
+        if state["unmask"] is not None:
+            entries = self._keys.entries
+            self._unmasker = Unmasker(
+                cfg,
+                self._survivors,
+                self._dropped,
+                self._peers,
+                {u: entries[u].mask_public for u in self._peers},
+                set(state["unmask"]["expected"]),
+            )
+            self._unmasker.responders = set(state["unmask"]["responders"])
+            for name in ("self_mask_shares", "mask_key_shares"):
+                store = getattr(self._unmasker, name)
+                for owner, held in state["unmask"][name].items():
+                    store[int(owner)] = {int(h): bytes(v) for h, v in held.items()}
+        self.result = None
+        if state["result"] is not None:
+            self.result = AggregationResult(
+                np.frombuffer(state["result"]["total"], dtype=dtype).copy(),
+                tuple(state["result"]["survivors"]),
+                tuple(state["result"]["dropped"]),
+                cfg.modulus_bits,
+            )

@@ -113,7 +113,9 @@ def client_accept_delivery(
     senders = list(delivery.senders)
     unknown = [v for v in senders if v not in agreement.neighbors]
     if unknown:
-        raise RemoteProtocolError(f"shares from parties {unknown[:5]} that are not neighbours in U1")
+        raise RemoteProtocolError(
+            f"shares from parties {unknown[:5]} that are not neighbours in U1"
+        )
     if len(senders) < config.threshold:
         raise RemoteProtocolError(
             f"shares from only {len(senders)} neighbours, fewer than the threshold"

@@ -126,7 +126,12 @@ class Unmasker:
         mine = set(self.peers.get(w, ()))
         groups = (
             (message.self_mask_owners, message.self_mask_shares, self.self_mask_shares, SEED_BYTES),
-            (message.mask_key_owners, message.mask_key_shares, self.mask_key_shares, MASK_KEY_BYTES),
+            (
+                message.mask_key_owners,
+                message.mask_key_shares,
+                self.mask_key_shares,
+                MASK_KEY_BYTES,
+            ),
         )
         for owners, shares, store, size in groups:
             if not set(owners) <= mine or not all(o in store for o in owners):
