@@ -162,15 +162,20 @@ def pack(words: Words, modulus_bits: int) -> bytes:
     groups = -(-count // 8)
     flat = np.zeros(groups * 8, dtype=np.uint64)
     flat[:count] = w
-    flat &= np.uint64((1 << modulus_bits) - 1)
+    np.bitwise_and(flat, np.uint64((1 << modulus_bits) - 1), out=flat)
     values = flat.reshape(groups, 8)
     lanes = np.zeros((groups, -(-modulus_bits // 8)), dtype=np.uint64)
+    tmp = np.empty(groups, dtype=np.uint64)
     for i, (q, r) in enumerate(_group_layout(modulus_bits)):
-        lanes[:, q] |= values[:, i] << np.uint64(r)
+        np.left_shift(values[:, i], np.uint64(r), out=tmp)
+        np.bitwise_or(lanes[:, q], tmp, out=lanes[:, q])
         if r + modulus_bits > 64:
-            lanes[:, q + 1] |= values[:, i] >> np.uint64(64 - r)
-    out = lanes.astype("<u8", copy=False).view(np.uint8)[:, :modulus_bits]
-    return out.tobytes()[: packed_size(count, modulus_bits)]
+            np.right_shift(values[:, i], np.uint64(64 - r), out=tmp)
+            np.bitwise_or(lanes[:, q + 1], tmp, out=lanes[:, q + 1])
+    if lanes.dtype.byteorder == ">":  # pragma: no cover - big-endian hosts
+        lanes = lanes.byteswap()
+    packed = lanes.view(np.uint8)[:, :modulus_bits].reshape(-1)
+    return packed[: packed_size(count, modulus_bits)].tobytes()
 
 
 def _check_size(data: bytes, modulus_bits: int, count: int) -> None:

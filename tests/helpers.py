@@ -205,6 +205,8 @@ class Router:
         client = self.clients[u]
         if not alive(self.drops, u, self.phase) or u in self.client_errors:
             return []
+        if notice and client.state is ClientState.DONE:
+            return []  # the round is over for this party: nothing left to abort
         payload: wire.Message | bytes | None = m
         if self.tamper is not None and not notice:
             payload = self.tamper(m)
@@ -313,7 +315,9 @@ def decoded(data: list[bytes], kind: type[wire.Message]) -> list[wire.Message]:
     return out
 
 
-def masked_vector(config: RoundConfig, message: wire.MaskedInput) -> npt.NDArray[np.unsignedinteger]:
+def masked_vector(
+    config: RoundConfig, message: wire.MaskedInput
+) -> npt.NDArray[np.unsignedinteger]:
     """The masked vector y_u carried by a MaskedInput message."""
     return encoding.unpack(message.payload, config.modulus_bits, config.dim)
 

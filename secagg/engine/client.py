@@ -69,6 +69,7 @@ class ClientEngine:
         self._own_keys: KeyEntry | None = None
         self._agreement: KeyAgreement | None = None
         self._self_mask_seed: bytes | None = None
+        self._receive_keys: dict[int, bytes] | None = None
         self._held: HeldShares | None = None
         self._input: npt.NDArray[np.unsignedinteger] | None = None
         self._signed_survivors: tuple[int, ...] | None = None
@@ -141,16 +142,17 @@ class ClientEngine:
         if isinstance(msg, wire.KeyDirectory):
             assert self._secrets is not None and self._own_keys is not None
             self._agreement = client_accept_directory(self.config, self.party, self._own_keys, msg)
-            seed, shares_msg = share_keys.client_share_keys(
+            seed, receive_keys, shares_msg = share_keys.client_share_keys(
                 self.config, self.party, self._secrets, self._agreement
             )
-            self._self_mask_seed = seed
+            self._self_mask_seed, self._receive_keys = seed, receive_keys
             out.append(shares_msg)
         elif isinstance(msg, wire.ShareDelivery):
-            assert self._secrets and self._agreement and self._self_mask_seed is not None
+            assert self._receive_keys is not None and self._self_mask_seed is not None
             self._held = share_keys.client_accept_delivery(
-                self.config, self.party, self._secrets, self._agreement, self._self_mask_seed, msg
+                self.config, self.party, self._receive_keys, self._self_mask_seed, msg
             )
+            self._receive_keys = None
             if self._input is not None:
                 self.state = next_state
                 return [self._send_masked_input()]
@@ -224,6 +226,7 @@ class ClientEngine:
         """Drop every secret reference (Python cannot zero immutable bytes; see docs)."""
         self._secrets = None
         self._self_mask_seed = None
+        self._receive_keys = None
         self._held = None
         self._input = None
         self._signing_key = None
@@ -248,6 +251,7 @@ class ClientEngine:
             if self._agreement is None
             else [wire.encode_key_entry(e) for e in self._agreement.neighbors.values()],
             "self_mask_seed": self._self_mask_seed,
+            "receive_keys": None if self._receive_keys is None else dict(self._receive_keys),
             "held": None
             if held is None
             else [held.self_mask_seed, dict(held.self_mask_shares), dict(held.mask_key_shares)],
@@ -282,6 +286,7 @@ class ClientEngine:
             entries = [wire.decode_key_entry(b) for b in state["neighbors"]]
             self._agreement = KeyAgreement(self._own_keys, {e.party: e for e in entries})
         self._self_mask_seed = state["self_mask_seed"]
+        self._receive_keys = None if state["receive_keys"] is None else dict(state["receive_keys"])
         self._held = None if state["held"] is None else HeldShares(*state["held"])
         dtype = masked_input.mask_context(self.config).dtype
         self._input = (

@@ -61,11 +61,13 @@ def share_encryption_key(
 
 def client_share_keys(
     config: RoundConfig, party: int, secrets: PartySecrets, agreement: KeyAgreement
-) -> tuple[bytes, EncryptedShares]:
+) -> tuple[bytes, dict[int, bytes], EncryptedShares]:
     """Draw b_u, split b_u and the mask key among the neighbours in U1, seal each pair.
 
     Returns:
-        (b_u, the EncryptedShares message).
+        (b_u, the keys to open what each neighbour will seal for this party, the message). One
+        X25519 per neighbour serves both directions; the directional HKDF labels keep the two
+        AES keys apart.
     """
     peers = sorted(agreement.neighbors)
     self_mask_seed = rng.token_bytes(SEED_BYTES)
@@ -76,7 +78,9 @@ def client_share_keys(
         secrets.encryption_private, [agreement.neighbors[v].encryption_public for v in peers]
     )
     sealed: list[bytes] = []
+    receive_keys: dict[int, bytes] = {}
     for i, v in enumerate(peers):
+        receive_keys[v] = share_encryption_key(config, shared[i], v, party)
         plaintext = (
             _PLAIN.pack(party, v)
             + seed_shares[i, 0].astype(">u4").tobytes()
@@ -93,14 +97,13 @@ def client_share_keys(
         receivers=tuple(peers),
         ciphertexts=tuple(sealed),
     )
-    return self_mask_seed, message
+    return self_mask_seed, receive_keys, message
 
 
 def client_accept_delivery(
     config: RoundConfig,
     party: int,
-    secrets: PartySecrets,
-    agreement: KeyAgreement,
+    receive_keys: dict[int, bytes],
     self_mask_seed: bytes,
     delivery: ShareDelivery,
 ) -> HeldShares:
@@ -111,7 +114,7 @@ def client_accept_delivery(
             or fewer than t neighbours in U2.
     """
     senders = list(delivery.senders)
-    unknown = [v for v in senders if v not in agreement.neighbors]
+    unknown = [v for v in senders if v not in receive_keys]
     if unknown:
         raise RemoteProtocolError(
             f"shares from parties {unknown[:5]} that are not neighbours in U1"
@@ -121,13 +124,10 @@ def client_accept_delivery(
             f"shares from only {len(senders)} neighbours, fewer than the threshold"
             f" {config.threshold}"
         )
-    shared = keys.x25519_shared_secrets(
-        secrets.encryption_private, [agreement.neighbors[v].encryption_public for v in senders]
-    )
     self_shares: dict[int, bytes] = {}
     key_shares: dict[int, bytes] = {}
-    for i, (v, ciphertext) in enumerate(zip(senders, delivery.ciphertexts, strict=True)):
-        key = share_encryption_key(config, shared[i], v, party)
+    for v, ciphertext in zip(senders, delivery.ciphertexts, strict=True):
+        key = receive_keys[v]
         ad = aead.share_associated_data(config.session_id, config.round_index, v, party)
         plaintext = aead.decrypt(key, ciphertext, ad)
         if len(plaintext) != PLAINTEXT_BYTES or _PLAIN.unpack_from(plaintext) != (v, party):
