@@ -153,6 +153,7 @@ class _Meter:
     seconds: float = 0.0
     upload: int = 0
     download: int = 0
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -248,13 +249,17 @@ def run_round(
     states: dict[int, dict[str, Any] | None] = dict.fromkeys(range(n))
     meters = {u: _Meter() for u in range(n)}
     server_seconds = 0.0
+    server_phases: dict[str, float] = {}
     failures: dict[int, str] = {}
 
     def close() -> list[wire.Message]:
         nonlocal server_seconds
+        phase = server.state.value
         start = time.perf_counter()
         out = server.close_phase()
-        server_seconds += time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        server_seconds += elapsed
+        server_phases[phase] = server_phases.get(phase, 0.0) + elapsed
         return out
 
     def run_clients(jobs: list[tuple[int, dict[str, Any] | None, bytes | None]], phase: str):  # type: ignore[no-untyped-def]
@@ -279,13 +284,23 @@ def run_round(
             u = result.party
             states[u] = result.state
             meters[u].seconds += result.seconds
+            meters[u].phases[phase] = meters[u].phases.get(phase, 0.0) + result.seconds
             if result.failure:
                 failures[u] = result.failure
             for data in result.outgoing:
                 meters[u].upload += len(data)
-                start = time.thread_time()
+                collecting = server.state.value
+                start_cpu, start_wall = time.thread_time(), time.perf_counter()
                 replies.extend(server.receive(data))
-                server_seconds += time.thread_time() - start
+                # CPU time while clients may run on other cores; wall time when the message
+                # closed the phase (all clients idle; the server may wait on its own pool).
+                elapsed = (
+                    time.thread_time() - start_cpu
+                    if server.state.value == collecting
+                    else time.perf_counter() - start_wall
+                )
+                server_seconds += elapsed
+                server_phases[collecting] = server_phases.get(collecting, 0.0) + elapsed
         return replies
 
     expected = np.zeros(dim, dtype=np.int64)
@@ -307,13 +322,26 @@ def run_round(
             expected += x
             plaintext_seconds += time.perf_counter() - start
         correct = bool(np.array_equal(result.signed(), expected))
+        # Keystream expansions the unmasking step must do: one self mask per survivor, one
+        # pairwise mask per (dropped party, surviving neighbour that masked with it).
+        alive = set(result.survivors)
+        server_expansions = len(alive) + sum(
+            sum(1 for w in config.neighbors(v) if w in alive) for v in result.dropped
+        )
     finally:
         if executor is not None:
             executor.shutdown()
     client_secs = [meters[u].seconds for u in range(n) if script.alive(u, "advertise")]
+    phase_means = (
+        {
+            phase: float(np.mean([meters[u].phases.get(phase, 0.0) for u in full_round]))
+            for phase in DROP_PHASES
+        }
+        if (full_round := [u for u in result.survivors if script.alive(u, "unmask")])
+        else {}
+    )
     uploads = [meters[u].upload for u in range(n)]
     downloads = [meters[u].download for u in range(n)]
-    full_round = [u for u in result.survivors if script.alive(u, "unmask")]
     upload_full = float(np.mean([meters[u].upload for u in full_round])) if full_round else 0.0
     usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -339,6 +367,26 @@ def run_round(
         "expansion": upload_full / (4 * dim) if dim else math.nan,
         "peak_memory_mb": max(usage, children) / 1024,
         "client_failures": len(failures),
+        "client_phase_seconds": phase_means,
+        "server_phase_seconds": server_phases,
+        "mask_expansions": {
+            "server": server_expansions,
+            "client_mean": float(
+                np.mean(
+                    [
+                        1
+                        + sum(
+                            1
+                            for w in config.neighbors(u)
+                            if script.alive(w, "share_keys")
+                        )
+                        for u in full_round
+                    ]
+                )
+            )
+            if full_round
+            else 0.0,
+        },
         "workers": workers,
     }
 

@@ -19,7 +19,7 @@ from helpers import (
     random_inputs,
     run_round,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from secagg import messages as wire
@@ -78,6 +78,8 @@ def test_round_outputs_exact_sum_of_survivors_or_typed_error(s: dict) -> None:
     inputs = random_inputs(s["n"], s["dim"], s["bits"], s["seed"])
     out = run_round(config, signing, inputs, s["drops"], input_early=s["input_early"])
 
+    event("output" if out.result is not None else f"error: {type(out.error).__name__}")
+    event(f"dropouts: {'none' if not s['drops'] else 'some'}")
     # Exactly one of: a result, or the server's typed error.
     assert (out.result is None) != (out.error is None)
     # An honest round never hits an internal error, at the server or at any party.
