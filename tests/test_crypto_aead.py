@@ -48,7 +48,8 @@ def test_wire_format_is_nonce_then_gcm() -> None:
 
 
 def test_associated_data_layout() -> None:
-    assert AD == b"secagg/v1/share" + SESSION + struct.pack(">QII", 5, 2, 7)
+    expected = b"secagg/v1/share" + SESSION + struct.pack(">QII", 5, 2, 7)
+    assert expected == AD
 
 
 def test_wrong_key() -> None:

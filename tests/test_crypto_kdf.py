@@ -67,8 +67,7 @@ def test_round_binding() -> None:
 
 def test_party_binding() -> None:
     outs = {
-        _derive(parties=p)
-        for p in [(), (1,), (2,), (1, 2), (1, 3), (0, 2), (1, 2, 3), (0, 1, 2)]
+        _derive(parties=p) for p in [(), (1,), (2,), (1, 2), (1, 3), (0, 2), (1, 2, 3), (0, 1, 2)]
     }
     assert len(outs) == 8
 
@@ -111,10 +110,16 @@ def test_length_above_hkdf_limit_raises() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    a=st.tuples(st.binary(min_size=16, max_size=16), st.integers(0, 2**63 - 1),
-                st.lists(st.integers(0, 2**20), max_size=3).map(tuple)),
-    b=st.tuples(st.binary(min_size=16, max_size=16), st.integers(0, 2**63 - 1),
-                st.lists(st.integers(0, 2**20), max_size=3).map(tuple)),
+    a=st.tuples(
+        st.binary(min_size=16, max_size=16),
+        st.integers(0, 2**63 - 1),
+        st.lists(st.integers(0, 2**20), max_size=3).map(tuple),
+    ),
+    b=st.tuples(
+        st.binary(min_size=16, max_size=16),
+        st.integers(0, 2**63 - 1),
+        st.lists(st.integers(0, 2**20), max_size=3).map(tuple),
+    ),
 )
 def test_distinct_context_distinct_key(
     a: tuple[bytes, int, tuple[int, ...]], b: tuple[bytes, int, tuple[int, ...]]

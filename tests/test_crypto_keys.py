@@ -42,7 +42,7 @@ def test_agreement_is_symmetric() -> None:
     ba = keys.x25519_shared_secret(b_priv, a_pub)
     assert ab == ba
     assert len(ab) == 32 and ab != bytes(32)
-    c_priv, c_pub = keys.generate_x25519()
+    _, c_pub = keys.generate_x25519()
     assert keys.x25519_shared_secret(a_priv, c_pub) != ab
 
 

@@ -134,9 +134,12 @@ def test_deterministic_restores_os_source() -> None:
 
 
 def test_deterministic_restores_on_exception() -> None:
-    with pytest.warns(RuntimeWarning), pytest.raises(KeyError):  # noqa: PT012
-        with rng.deterministic_for_testing(7):
-            raise KeyError("boom")
+    with (
+        pytest.warns(RuntimeWarning),
+        pytest.raises(KeyError),
+        rng.deterministic_for_testing(7),
+    ):
+        raise KeyError("boom")
     assert rng._source is os.urandom
 
 

@@ -50,8 +50,15 @@ def _random_words(rnd: np.random.Generator, count: int, bits: int) -> np.ndarray
 
 @pytest.mark.parametrize(
     ("bits", "dtype"),
-    [(1, np.uint16), (2, np.uint16), (16, np.uint16), (17, np.uint32), (32, np.uint32),
-     (33, np.uint64), (64, np.uint64)],
+    [
+        (1, np.uint16),
+        (2, np.uint16),
+        (16, np.uint16),
+        (17, np.uint32),
+        (32, np.uint32),
+        (33, np.uint64),
+        (64, np.uint64),
+    ],
 )
 def test_word_dtype(bits: int, dtype: type) -> None:
     assert word_dtype(bits) == np.dtype(dtype)
@@ -195,14 +202,25 @@ def test_choose_modulus_bits_formula(v: int, n: int, h: int) -> None:
 
 @pytest.mark.parametrize(
     ("v", "n", "h", "expected"),
-    [(16, 1, 0, 16), (16, 2, 0, 17), (16, 3, 0, 18), (16, 1000, 0, 26), (16, 1024, 0, 26),
-     (16, 1025, 0, 27), (24, 100, 4, 35), (64, 1, 0, 64), (33, 2**31, 0, 64)],
+    [
+        (16, 1, 0, 16),
+        (16, 2, 0, 17),
+        (16, 3, 0, 18),
+        (16, 1000, 0, 26),
+        (16, 1024, 0, 26),
+        (16, 1025, 0, 27),
+        (24, 100, 4, 35),
+        (64, 1, 0, 64),
+        (33, 2**31, 0, 64),
+    ],
 )
 def test_choose_modulus_bits_table(v: int, n: int, h: int, expected: int) -> None:
     assert choose_modulus_bits(v, n, h) == expected
 
 
-@pytest.mark.parametrize(("v", "n", "h"), [(64, 2, 0), (33, 2**31 + 1, 0), (60, 1, 5), (40, 2**30, 0)])
+@pytest.mark.parametrize(
+    ("v", "n", "h"), [(64, 2, 0), (33, 2**31 + 1, 0), (60, 1, 5), (40, 2**30, 0)]
+)
 def test_choose_modulus_bits_above_64(v: int, n: int, h: int) -> None:
     with pytest.raises(EncodingError):
         choose_modulus_bits(v, n, h)
@@ -222,8 +240,9 @@ _FROM_RING_63_BUG = pytest.mark.xfail(
     raises=OverflowError,
     reason=(
         "BUG: from_ring(words, 63) evaluates np.int64(1 << 63), which overflows int64 and raises "
-        "OverflowError for every input (B=63 is a valid modulus, e.g. choose_modulus_bits(32, 2^31));"
-        " the server's result() and FixedPointEncoder.decode_sum call it."
+        "OverflowError for every input (B=63 is a valid modulus, e.g. "
+        "choose_modulus_bits(32, 2^31)); the server's result() and "
+        "FixedPointEncoder.decode_sum call it."
     ),
 )
 RING_BITS = [pytest.param(b, marks=_FROM_RING_63_BUG) if b == 63 else b for b in ALL_BITS]
@@ -234,8 +253,10 @@ def test_to_from_ring_round_trip(bits: int) -> None:
     lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     rnd = np.random.default_rng(bits)
     values = np.concatenate(
-        [np.array([lo, hi, 0, -1, 1, lo + 1, hi - 1], dtype=np.int64),
-         rnd.integers(lo, hi, size=200, dtype=np.int64, endpoint=True)]
+        [
+            np.array([lo, hi, 0, -1, 1, lo + 1, hi - 1], dtype=np.int64),
+            rnd.integers(lo, hi, size=200, dtype=np.int64, endpoint=True),
+        ]
     )
     words = to_ring(values, bits)
     assert words.dtype == word_dtype(bits)
@@ -374,7 +395,8 @@ def test_bad_clip(clip: float) -> None:
 
 
 @pytest.mark.parametrize(
-    ("v", "b", "n"), [(16, 16, 2), (16, 19, 10), (24, 24, 2), (32, 40, 1000), (60, 64, 32), (64, 64, 2)]
+    ("v", "b", "n"),
+    [(16, 16, 2), (16, 19, 10), (24, 24, 2), (32, 40, 1000), (60, 64, 32), (64, 64, 2)],
 )
 def test_modulus_too_small(v: int, b: int, n: int) -> None:
     with pytest.raises(EncodingError):

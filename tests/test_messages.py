@@ -76,7 +76,9 @@ def _examples() -> dict[str, msg.Message]:
         "enc_shares_many": EncryptedShares(
             **HEAD, sender=1, recipient=SERVER, receivers=many, ciphertexts=_records(20, 1)
         ),
-        "delivery_empty": ShareDelivery(**HEAD, sender=SERVER, recipient=2, senders=(), ciphertexts=()),
+        "delivery_empty": ShareDelivery(
+            **HEAD, sender=SERVER, recipient=2, senders=(), ciphertexts=()
+        ),
         "delivery": ShareDelivery(
             **HEAD,
             sender=SERVER,
@@ -319,7 +321,9 @@ INVALID: dict[str, Callable[[], object]] = {
         mask_key_owners=(2, 3),
         mask_key_shares=_records(2, 20),
     ),
-    "unmask_resp_mismatch": lambda: _resp(self_mask_owners=(0, 2), self_mask_shares=_records(1, 20)),
+    "unmask_resp_mismatch": lambda: _resp(
+        self_mask_owners=(0, 2), self_mask_shares=_records(1, 20)
+    ),
     "unmask_resp_unsorted": lambda: _resp(mask_key_owners=(3, 2), mask_key_shares=_records(2, 20)),
     "abort_too_long": lambda: Abort(**HEAD, sender=0, recipient=SERVER, reason="x" * 1025),
     "abort_too_long_bytes": lambda: Abort(**HEAD, sender=0, recipient=SERVER, reason="é" * 513),
@@ -414,7 +418,7 @@ def test_oversized() -> None:
         decode(data, max_bytes=0)
 
 
-@pytest.mark.parametrize("bad", ["SAGG", None, 5, [1, 2], bytearray().__class__])
+@pytest.mark.parametrize("bad", ["SAGG", None, 5, [1, 2], object()])
 def test_non_bytes_input(bad: object) -> None:
     with pytest.raises(MessageDecodeError):
         decode(bad)  # type: ignore[arg-type]
@@ -498,9 +502,7 @@ def _check_invariant(data: bytes) -> None:
     assert decode(encode(message)) == message
 
 
-FUZZ = settings(
-    max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+FUZZ = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ
