@@ -23,6 +23,7 @@ from secagg.crypto import rng
 from secagg.errors import EncodingError
 
 MAX_MODULUS_BITS = 64
+MAX_VALUE_BITS = 53
 Words = npt.NDArray[np.unsignedinteger]
 
 
@@ -72,6 +73,10 @@ class FixedPointEncoder:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.clip) and self.clip > 0):
             raise EncodingError("clip must be a positive finite number")
+        if not 2 <= self.value_bits <= MAX_VALUE_BITS:
+            # A float64 carries 53 bits: more value bits would only encode rounding noise, and
+            # 2^(v-1) - 1 would no longer be exact in the scaling.
+            raise EncodingError(f"value_bits must be in [2, {MAX_VALUE_BITS}]")
         needed = choose_modulus_bits(self.value_bits, self.max_summands)
         if self.modulus_bits < needed:
             raise EncodingError(
@@ -93,7 +98,9 @@ class FixedPointEncoder:
         x = np.asarray(values, dtype=np.float64)
         if not np.all(np.isfinite(x)):
             raise EncodingError("cannot encode NaN or infinite values")
-        scaled = np.clip(x, -self.clip, self.clip) * self.scale
+        limit = float(2 ** (self.value_bits - 1) - 1)
+        # Clamp after scaling too: clip * (limit / clip) can round above limit in float64.
+        scaled = np.clip(np.clip(x, -self.clip, self.clip) * self.scale, -limit, limit)
         floor = np.floor(scaled)
         # 53 random bits per coordinate -> uniform in [0, 1).
         uniform = (rng.random_words(x.size, np.uint64) >> np.uint64(11)).astype(np.float64)
@@ -121,12 +128,10 @@ def to_ring(values: npt.NDArray[np.integer], modulus_bits: int) -> Words:
 
 def from_ring(words: Words, modulus_bits: int) -> npt.NDArray[np.int64]:
     """Z_(2^B) words to signed integers in [-2^(B-1), 2^(B-1))."""
-    w = np.asarray(words).astype(np.uint64) & np.uint64((1 << modulus_bits) - 1)
-    if modulus_bits == 64:
-        return w.view(np.int64)
-    half = np.uint64(1 << (modulus_bits - 1))
-    signed = w.astype(np.int64)
-    return np.where(w >= half, signed - np.int64(1 << modulus_bits), signed)
+    w = np.asarray(words).astype(np.uint64)
+    # Sign-extend bit B-1: shift it to bit 63, reinterpret as int64, shift back arithmetically.
+    shift = np.uint64(64 - modulus_bits)
+    return (w << shift).view(np.int64) >> np.int64(64 - modulus_bits)
 
 
 def reduce(words: Words, modulus_bits: int) -> Words:

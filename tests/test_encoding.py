@@ -235,17 +235,7 @@ def test_choose_modulus_bits_bad_args(v: int, n: int, h: int) -> None:
 # ------------------------------------------------------------------------------ ring maps
 
 
-_FROM_RING_63_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason=(
-        "BUG: from_ring(words, 63) evaluates np.int64(1 << 63), which overflows int64 and raises "
-        "OverflowError for every input (B=63 is a valid modulus, e.g. "
-        "choose_modulus_bits(32, 2^31)); the server's result() and "
-        "FixedPointEncoder.decode_sum call it."
-    ),
-)
-RING_BITS = [pytest.param(b, marks=_FROM_RING_63_BUG) if b == 63 else b for b in ALL_BITS]
+RING_BITS = list(ALL_BITS)  # includes B=63 (regression: int64 overflow in from_ring)
 
 
 @pytest.mark.parametrize("bits", RING_BITS)
@@ -403,8 +393,8 @@ def test_modulus_too_small(v: int, b: int, n: int) -> None:
         FixedPointEncoder(clip=1.0, value_bits=v, modulus_bits=b, max_summands=n)
 
 
-@_FROM_RING_63_BUG
-def test_bug_decode_sum_with_63_bit_modulus() -> None:
+def test_decode_sum_with_63_bit_modulus() -> None:
+    """Regression: from_ring used to build np.int64(1 << 63) and raise OverflowError."""
     enc = FixedPointEncoder(clip=1.0, value_bits=32, modulus_bits=63, max_summands=2**31)
     assert enc.modulus_bits == choose_modulus_bits(32, 2**31)
     assert np.allclose(enc.decode_sum(enc.encode([0.25, -1.0]), 1), [0.25, -1.0], atol=1e-9)
@@ -415,27 +405,22 @@ def test_modulus_above_64_rejected() -> None:
         FixedPointEncoder(clip=1.0, value_bits=16, modulus_bits=65, max_summands=1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG: FixedPointEncoder.quantize computes clip * ((2^(v-1)-1)/clip) in float64, which can "
-        "exceed 2^(v-1)-1 (always for v >= 55 where 2^(v-1)-1 is not a double; by rounding for "
-        "v <= 54), and never clamps it. The value 2^(v-1) then wraps in Z_(2^B): +clip decodes as "
-        "-clip (v=64 even overflows the int64 cast)."
-    ),
-)
 @pytest.mark.parametrize(
     ("clip", "v"),
-    [(1.0, 60), (1.0, 64), (6.800000000000001, 54)],
-    ids=["v60", "v64", "v54-rounding"],
+    [(1.0, 53), (6.800000000000001, 53), (7.956458338746012, 53), (9.3, 40)],
+    ids=["v53", "v53-rounding", "v53-rounding2", "v40"],
 )
-def test_bug_quantize_exceeds_value_range(clip: float, v: int) -> None:
+def test_quantize_stays_in_value_range(clip: float, v: int) -> None:
+    """Regression: clip * (limit / clip) can round above limit in float64; quantize clamps."""
     enc = FixedPointEncoder(clip=clip, value_bits=v, modulus_bits=v, max_summands=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # v=64: invalid value in int64 cast
-        q = enc.quantize([clip, -clip])
-        decoded = enc.decode_sum(enc.encode([clip]), 1)
     limit = 2 ** (v - 1) - 1
-    assert all(abs(int(x)) <= limit for x in q)
-    assert decoded[0] > 0
+    for _ in range(50):
+        q = enc.quantize([clip, -clip])
+        assert all(abs(int(x)) <= limit for x in q)
+        assert enc.decode_sum(enc.encode([clip]), 1)[0] > 0
+
+
+@pytest.mark.parametrize("v", [54, 60, 64])
+def test_value_bits_above_float_precision_rejected(v: int) -> None:
+    with pytest.raises(EncodingError):
+        FixedPointEncoder(clip=1.0, value_bits=v, modulus_bits=64, max_summands=1)
