@@ -58,7 +58,7 @@ def server_mask_work(dim: int, survivors: int, pairs: int, bits: int) -> float:
     AES-CTR + in-place add) for ``survivors`` self masks and ``pairs`` dropped-party pairs, on
     one core, with fresh random keys."""
     ctx = MaskContext(os.urandom(16), 0, dim, encoding.word_dtype(bits))
-    self_seeds = [os.urandom(16) for _ in range(survivors)]
+    self_seeds = [(u, os.urandom(16)) for u in range(survivors)]
     per_party = 20
     dropped = []
     for v in range(-(-pairs // per_party)):
@@ -95,7 +95,7 @@ def client_mask_work(dim: int, k: int, bits: int, reps: int = 5) -> float:
     best = float("inf")
     for _ in range(reps):
         start = time.perf_counter()
-        words = check_input(config, x)
+        words = check_input(config, x, 0)
         client_masked_input(
             config, 0, PartySecrets(mask_private, enc_private), agreement, held, words
         )

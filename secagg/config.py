@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from secagg.encoding import MAX_MODULUS_BITS
 from secagg.errors import ConfigError
 from secagg.graph import NeighborGraph
+from secagg.layout import BlockLayout
 
 SESSION_ID_BYTES = 16
 #: Hard ceiling on any wire message (a masked vector of 2^27 64-bit words).
@@ -33,6 +35,9 @@ class RoundConfig:
         active: the active-adversary mode (Ed25519-signed keys and a consistency check).
         verify_keys: parties' long-term Ed25519 public keys, required in active mode
             (the PKI of Bonawitz et al. 2017, section 4, "active security").
+        layout: part-wise aggregation (see :mod:`secagg.layout`): which blocks of the
+            ``dim``-long model vector each party holds. ``None``: every party holds the whole
+            vector (plain secure aggregation).
     """
 
     session_id: bytes
@@ -43,6 +48,7 @@ class RoundConfig:
     modulus_bits: int
     active: bool = False
     verify_keys: tuple[bytes, ...] | None = field(default=None, repr=False)
+    layout: BlockLayout | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.session_id, bytes) or len(self.session_id) != SESSION_ID_BYTES:
@@ -64,6 +70,11 @@ class RoundConfig:
             raise ConfigError(f"modulus_bits must be in [2, {MAX_MODULUS_BITS}]")
         if math.ceil(self.dim * self.modulus_bits / 8) > MAX_MESSAGE_BYTES // 2:
             raise ConfigError("dim x modulus_bits exceeds the maximum message size")
+        if self.layout is not None:
+            if self.layout.dim != self.dim:
+                raise ConfigError(f"layout covers {self.layout.dim} coordinates, dim is {self.dim}")
+            if len(self.layout.holdings) != n:
+                raise ConfigError("layout must list the blocks of every party")
         if self.active:
             if self.verify_keys is None or len(self.verify_keys) != n:
                 raise ConfigError("active mode needs one Ed25519 verify key per party")
@@ -76,3 +87,16 @@ class RoundConfig:
 
     def neighbors(self, party: int) -> tuple[int, ...]:
         return self.graph.neighbors[party]
+
+    @cached_property
+    def blocks(self) -> BlockLayout:
+        """The layout in force (one whole block held by everyone when ``layout`` is None)."""
+        return self.layout if self.layout is not None else BlockLayout.whole(self.dim, self.graph.n)
+
+    @property
+    def part_wise(self) -> bool:
+        return self.layout is not None and not self.layout.is_whole()
+
+    def input_length(self, party: int) -> int:
+        """Length of ``party``'s input vector: ``dim``, or its blocks' total in part-wise mode."""
+        return self.dim if not self.part_wise else self.blocks.input_length(party)

@@ -374,12 +374,7 @@ def run_round(
             "client_mean": float(
                 np.mean(
                     [
-                        1
-                        + sum(
-                            1
-                            for w in config.neighbors(u)
-                            if script.alive(w, "share_keys")
-                        )
+                        1 + sum(1 for w in config.neighbors(u) if script.alive(w, "share_keys"))
                         for u in full_round
                     ]
                 )

@@ -18,6 +18,8 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from secagg.layout import concat_ranges
+
 SEED_BYTES = 16
 _PAD = 16  # update_into needs len(data) + block_size - 1 bytes of room
 
@@ -84,3 +86,36 @@ def add_mask(
         np.subtract(accumulator, keystream, out=accumulator)
     else:
         np.add(accumulator, keystream, out=accumulator)
+
+
+def expand_blocks(
+    seed: bytes, block_ids: npt.ArrayLike, block_sizes: npt.ArrayLike, dtype: npt.DTypeLike
+) -> WordArray:
+    """The masks of several blocks, concatenated: block b's words are the first ``size_b`` words
+    of the keystream with ``stream = b`` (the same words :func:`expand` gives for that stream).
+
+    Only the keystream the blocks need is computed, whatever the block ids: the 128-bit counter
+    blocks ``stream || i`` are built in numpy and encrypted with AES-ECB in one call (CTR mode is
+    exactly ECB over those counters), so a party's cost follows its part, not the model.
+    """
+    ids = np.asarray(block_ids, dtype=np.uint64)
+    sizes = np.asarray(block_sizes, dtype=np.int64)
+    dt = np.dtype(dtype)
+    if ids.size == 0:
+        return np.zeros(0, dtype=dt)
+    per_aes = 16 // dt.itemsize
+    nblocks = -(-sizes // per_aes)
+    total = int(nblocks.sum())
+    starts = np.cumsum(nblocks) - nblocks
+    counters = np.empty((total, 2), dtype=">u8")
+    counters[:, 0] = np.repeat(ids, nblocks)
+    counters[:, 1] = np.arange(total, dtype=np.int64) - np.repeat(starts, nblocks)
+    if len(seed) != SEED_BYTES:
+        raise ValueError(f"PRG seed must be {SEED_BYTES} bytes, got {len(seed)}")
+    encryptor = Cipher(algorithms.AES(seed), modes.ECB()).encryptor()
+    keystream = encryptor.update(counters.tobytes()) + encryptor.finalize()
+    words = np.frombuffer(keystream, dtype=dt.newbyteorder("<")).astype(dt)
+    if np.all(sizes % per_aes == 0):
+        return words
+    # Drop each block's padding words at the end of its last AES block.
+    return words[concat_ranges(starts * per_aes, sizes)]

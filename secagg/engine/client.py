@@ -104,7 +104,7 @@ class ClientEngine:
             ClientState.AWAIT_INPUT,
         ):
             self._fail(LocalProtocolError(f"cannot set the input in state {self.state.name}"))
-        self._input = self._guard(lambda: masked_input.check_input(self.config, words))
+        self._input = self._guard(lambda: masked_input.check_input(self.config, words, self.party))
         if self.state is ClientState.AWAIT_INPUT:
             return [self._send_masked_input()]
         return []

@@ -9,7 +9,12 @@ from secagg import encoding
 from secagg.config import RoundConfig
 from secagg.crypto import keys, prg
 from secagg.engine.advertise import KeyAgreement, PartySecrets
-from secagg.engine.masking import MaskContext, pairwise_seed, self_mask_stream_seed
+from secagg.engine.masking import (
+    MaskContext,
+    add_block_mask,
+    pairwise_seed,
+    self_mask_stream_seed,
+)
 from secagg.engine.share_keys import HeldShares
 from secagg.errors import EncodingError, LocalProtocolError, RemoteProtocolError
 from secagg.messages import SERVER, MaskedInput
@@ -21,18 +26,23 @@ def mask_context(config: RoundConfig) -> MaskContext:
         config.round_index,
         config.dim,
         encoding.word_dtype(config.modulus_bits),
+        config.blocks if config.part_wise else None,
     )
 
 
-def check_input(config: RoundConfig, words: npt.ArrayLike) -> npt.NDArray[np.unsignedinteger]:
-    """Validate an input vector already encoded in Z_(2^B).
+def check_input(
+    config: RoundConfig, words: npt.ArrayLike, party: int
+) -> npt.NDArray[np.unsignedinteger]:
+    """Validate ``party``'s input vector, already encoded in Z_(2^B) (in part-wise mode: its
+    blocks' values, concatenated in block order).
 
     Raises:
         LocalProtocolError: wrong shape, dtype or values outside [0, 2^B).
     """
     x = np.asarray(words)
-    if x.ndim != 1 or x.shape[0] != config.dim:
-        raise LocalProtocolError(f"input must be a vector of length {config.dim}")
+    length = config.input_length(party)
+    if x.ndim != 1 or x.shape[0] != length:
+        raise LocalProtocolError(f"input must be a vector of length {length}")
     if x.dtype.kind not in "ui":
         raise LocalProtocolError("input must be integers in Z_(2^B); encode floats first")
     if x.size and (int(x.min()) < 0 or int(x.max()) >= 1 << config.modulus_bits):
@@ -50,15 +60,24 @@ def client_masked_input(
 ) -> MaskedInput:
     """Mask the (validated) input with the self mask and one pairwise mask per peer in U2."""
     ctx = mask_context(config)
+    layout = ctx.layout
     y = words  # owned copy from check_input: masked in place
     buffer = prg.KeystreamBuffer()
-    prg.add_mask(y, self_mask_stream_seed(ctx, held.self_mask_seed, party), buffer=buffer)
+    mine = layout.holdings[party] if layout is not None else ()
+    everything = np.arange(y.size) if layout is not None else None
+    self_seed = self_mask_stream_seed(ctx, held.self_mask_seed, party)
+    add_block_mask(y, self_seed, layout, mine, everything, buffer=buffer)
     peers = held.peers
     shared = keys.x25519_shared_secrets(
         secrets.mask_private, [agreement.neighbors[v].mask_public for v in peers]
     )
     for v, secret in zip(peers, shared, strict=True):
-        prg.add_mask(y, pairwise_seed(ctx, secret, party, v), subtract=party > v, buffer=buffer)
+        common = layout.common_blocks(party, v) if layout is not None else ()
+        if layout is not None and not common:
+            continue  # masks live only on blocks both hold
+        where = layout.local_positions(party, common) if layout is not None else None
+        seed = pairwise_seed(ctx, secret, party, v)
+        add_block_mask(y, seed, layout, common, where, subtract=party > v, buffer=buffer)
     encoding.reduce(y, config.modulus_bits)
     payload = encoding.pack(y, config.modulus_bits)
     return MaskedInput(
@@ -67,7 +86,7 @@ def client_masked_input(
         party,
         SERVER,
         modulus_bits=config.modulus_bits,
-        count=config.dim,
+        count=y.size,
         payload=payload,
     )
 
@@ -87,10 +106,16 @@ class MaskedSum:
             raise RemoteProtocolError(f"masked input from party {u}, not in U2")
         if u in self.received:
             raise RemoteProtocolError(f"party {u} sent its masked input twice")
-        if message.modulus_bits != self.config.modulus_bits or message.count != self.config.dim:
+        length = self.config.input_length(u)
+        if message.modulus_bits != self.config.modulus_bits or message.count != length:
             raise RemoteProtocolError(f"masked input of party {u} has the wrong shape")
         try:
-            encoding.add_packed(self.total, message.payload, self.config.modulus_bits)
+            if self.config.part_wise:
+                words = encoding.unpack(message.payload, self.config.modulus_bits, length)
+                where = self.config.blocks.positions(self.config.blocks.holdings[u])
+                self.total[where] += words  # a party's positions are distinct
+            else:
+                encoding.add_packed(self.total, message.payload, self.config.modulus_bits)
         except EncodingError as exc:
             raise RemoteProtocolError(f"masked input of party {u}: {exc}") from None
         self.received.add(u)

@@ -16,16 +16,47 @@ import numpy as np
 import numpy.typing as npt
 
 from secagg.crypto import kdf, keys, prg
+from secagg.layout import BlockLayout
 
 
 @dataclass(frozen=True)
 class MaskContext:
-    """What seed derivation binds: the session, the round, the vector shape."""
+    """What seed derivation binds (session, round) and the shape masks take (dim, word type,
+    and, in part-wise mode, the block layout)."""
 
     session_id: bytes
     round_index: int
     dim: int
     dtype: np.dtype[np.unsignedinteger]
+    layout: BlockLayout | None = None
+
+
+def add_block_mask(
+    target: npt.NDArray[np.unsignedinteger],
+    seed: bytes,
+    layout: BlockLayout | None,
+    blocks: tuple[int, ...],
+    positions: npt.NDArray[np.int64] | None,
+    *,
+    subtract: bool = False,
+    buffer: prg.KeystreamBuffer | None = None,
+) -> None:
+    """Add (or subtract) the mask PRG(seed, b) of every block b in ``blocks`` at ``positions``
+    of ``target``. Without a layout the single block covers all of ``target`` (fast path: the
+    keystream goes straight into a reused buffer)."""
+    if layout is None:
+        prg.add_mask(target, seed, subtract=subtract, buffer=buffer)
+        return
+    if not blocks:
+        return
+    assert positions is not None
+    sizes = [layout.block_sizes[b] for b in blocks]
+    mask = prg.expand_blocks(seed, blocks, sizes, target.dtype)
+    # positions are distinct, so fancy-indexed in-place arithmetic is exact.
+    if subtract:
+        target[positions] -= mask
+    else:
+        target[positions] += mask
 
 
 def pairwise_seed(ctx: MaskContext, shared_secret: bytes, u: int, v: int) -> bytes:
@@ -69,7 +100,7 @@ class DroppedPartyMasks:
 
 def total_mask(
     ctx: MaskContext,
-    self_seeds: Sequence[bytes],
+    self_seeds: Sequence[tuple[int, bytes]],
     dropped: Sequence[DroppedPartyMasks],
 ) -> npt.NDArray[np.unsignedinteger]:
     """Sum over survivors of PRG(b_w), plus the pairwise masks survivors added with dropped
@@ -78,25 +109,34 @@ def total_mask(
 
     Args:
         ctx: session, round and vector shape.
-        self_seeds: the self-mask stream seeds of every survivor.
+        self_seeds: (survivor, its self-mask stream seed) for every survivor.
         dropped: every dropped party whose pairwise masks survivors included.
     """
     total = np.zeros(ctx.dim, dtype=ctx.dtype)
     buffer = prg.KeystreamBuffer()
-    for seed in self_seeds:
-        prg.add_mask(total, seed, buffer=buffer)
+    layout = ctx.layout
+    for owner, seed in self_seeds:
+        blocks = layout.holdings[owner] if layout is not None else ()
+        where = layout.positions(blocks) if layout is not None else None
+        add_block_mask(total, seed, layout, blocks, where, buffer=buffer)
     for item in dropped:
         secrets = keys.x25519_shared_secrets(item.mask_private, [pk for _, pk in item.survivors])
         for (w, _), secret in zip(item.survivors, secrets, strict=True):
+            blocks = layout.common_blocks(w, item.dropped) if layout is not None else ()
+            if layout is not None and not blocks:
+                continue  # no block in common: no pairwise mask between them
+            where = layout.positions(blocks) if layout is not None else None
             # Survivor w added +PRG(s_wv) if w < v, -PRG(s_wv) otherwise.
             seed = pairwise_seed(ctx, secret, w, item.dropped)
-            prg.add_mask(total, seed, subtract=w > item.dropped, buffer=buffer)
+            add_block_mask(
+                total, seed, layout, blocks, where, subtract=w > item.dropped, buffer=buffer
+            )
     return total
 
 
 def total_mask_parallel(
     ctx: MaskContext,
-    self_seeds: Sequence[bytes],
+    self_seeds: Sequence[tuple[int, bytes]],
     dropped: Sequence[DroppedPartyMasks],
     executor: Executor | None,
     workers: int,
@@ -106,7 +146,9 @@ def total_mask_parallel(
     if executor is None or workers <= 1:
         return total_mask(ctx, self_seeds, dropped)
     # Balance by number of keystream expansions.
-    jobs: list[tuple[list[bytes], list[DroppedPartyMasks]]] = [([], []) for _ in range(workers)]
+    jobs: list[tuple[list[tuple[int, bytes]], list[DroppedPartyMasks]]] = [
+        ([], []) for _ in range(workers)
+    ]
     loads = [0] * workers
     for item in sorted(dropped, key=lambda d: -len(d.survivors)):
         i = loads.index(min(loads))

@@ -30,7 +30,7 @@ from secagg.engine._state import SERVER_ACCEPTS, ServerState
 from secagg.engine.advertise import KeyCollector
 from secagg.engine.masked_input import MaskedSum
 from secagg.engine.share_keys import ShareRouter
-from secagg.engine.unmask import Unmasker
+from secagg.engine.unmask import Unmasker, weak_blocks
 from secagg.errors import AbortedError, LocalProtocolError, ProtocolError, RemoteProtocolError
 from secagg.messages import Message, PartySignature
 
@@ -43,16 +43,19 @@ class AggregationResult:
     """The only thing the server learns: the sum of the survivors' inputs, and who they are.
 
     Attributes:
-        total: sum over ``survivors`` of their inputs, in Z_(2^B) (word dtype).
+        total: sum over ``survivors`` of their inputs, in Z_(2^B) (word dtype). In part-wise
+            mode, coordinate i is the sum over the surviving holders of i's block.
         survivors: U3, the parties whose inputs are in the sum.
         dropped: parties that shared keys but whose input is not in the sum.
         modulus_bits: B.
+        block_survivors: per block, how many surviving holders its sum covers.
     """
 
     total: npt.NDArray[np.unsignedinteger]
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
     modulus_bits: int
+    block_survivors: tuple[int, ...] = ()
 
     def signed(self) -> npt.NDArray[np.int64]:
         """The sum as signed integers (two's complement in Z_(2^B))."""
@@ -191,6 +194,15 @@ class ServerEngine:
             self._need(len(self._sum.received), t, "masked inputs arrived")
             self._survivors = tuple(sorted(self._sum.received))
             self._dropped = tuple(sorted(self._sum.expected - self._sum.received))
+            alive = set(self._survivors)
+            for u in self._survivors:
+                # The same per-block condition every honest party checks before answering.
+                weak = weak_blocks(cfg, u, alive, alive & set(self._peers.get(u, ())))
+                if weak:
+                    raise AbortedError(
+                        f"blocks {weak[:5]} of party {u} would be revealed for fewer than"
+                        " min_holders surviving holders"
+                    )
             if cfg.active:
                 self.state = ServerState.COLLECT_SIGNATURES
                 return [
@@ -207,7 +219,11 @@ class ServerEngine:
         if self.state is ServerState.COLLECT_UNMASK:
             assert self._unmasker is not None and self._sum is not None
             total = self._unmasker.finish(self._sum.total, self.executor, self.workers)
-            self.result = AggregationResult(total, self._survivors, self._dropped, cfg.modulus_bits)
+            alive = set(self._survivors)
+            counts = tuple(sum(1 for h in hs if h in alive) for hs in cfg.blocks.holders)
+            self.result = AggregationResult(
+                total, self._survivors, self._dropped, cfg.modulus_bits, counts
+            )
             self._sum = None
             self._unmasker = None
             self.state = ServerState.DONE
@@ -344,6 +360,7 @@ class ServerEngine:
                 "total": self.result.total.tobytes(),
                 "survivors": list(self.result.survivors),
                 "dropped": list(self.result.dropped),
+                "block_survivors": list(self.result.block_survivors),
             },
         }
 
@@ -404,4 +421,5 @@ class ServerEngine:
                 tuple(state["result"]["survivors"]),
                 tuple(state["result"]["dropped"]),
                 cfg.modulus_bits,
+                tuple(state["result"]["block_survivors"]),
             )

@@ -25,6 +25,25 @@ from secagg.errors import AbortedError, RemoteProtocolError
 from secagg.messages import SERVER, UnmaskRequest, UnmaskResponse
 
 
+def weak_blocks(
+    config: RoundConfig, party: int, survivors: set[int], surviving_peers: set[int]
+) -> list[int]:
+    """Blocks of ``party`` whose sum would not hide its value: fewer than ``min_holders``
+    surviving holders, or fewer than ``min_holders - 1`` surviving neighbours of the party that
+    hold the block (with a sparse graph those are the only masks protecting it: see
+    :mod:`secagg.layout`). Empty when aggregation is not part-wise."""
+    if not config.part_wise:
+        return []
+    layout = config.blocks
+    weak = []
+    for b in layout.holdings[party]:
+        alive = [h for h in layout.holders[b] if h in survivors]
+        masked_with = sum(1 for h in alive if h in surviving_peers)
+        if len(alive) < layout.min_holders or masked_with < layout.min_holders - 1:
+            weak.append(b)
+    return weak
+
+
 def client_unmask(
     config: RoundConfig,
     party: int,
@@ -73,6 +92,11 @@ def client_unmask(
         raise RemoteProtocolError(
             f"only {len(surviving_peers)} surviving neighbours, fewer than the threshold"
             f" {config.threshold}"
+        )
+    weak = weak_blocks(config, party, survivors, set(surviving_peers))
+    if weak:
+        raise RemoteProtocolError(
+            f"blocks {weak[:5]} would be revealed for fewer than min_holders surviving holders"
         )
     dropped_peers = sorted(peers & dropped)
     return UnmaskResponse(
@@ -167,7 +191,7 @@ class Unmasker:
             live = tuple((w, self.mask_public[w]) for w in self.peers[v] if w in survivors)
             if live:
                 dropped_masks.append(DroppedPartyMasks(v, sk, live))
-        self_seeds = [self_mask_stream_seed(ctx, seeds[u], u) for u in self.survivors]
+        self_seeds = [(u, self_mask_stream_seed(ctx, seeds[u], u)) for u in self.survivors]
         mask = total_mask_parallel(ctx, self_seeds, dropped_masks, executor, workers)
         result = np.subtract(masked_total, mask)
         return encoding.reduce(result, self.config.modulus_bits)
