@@ -13,7 +13,7 @@ import math
 import os
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +27,7 @@ from secagg.config import RoundConfig
 from secagg.crypto import keys, rng
 from secagg.engine._state import ServerState
 from secagg.engine.client import ClientEngine
-from secagg.engine.server import ServerEngine
+from secagg.engine.server import AggregationResult, ServerEngine
 from secagg.errors import ConfigError, ProtocolError
 
 Progress = Callable[[str, int, int], None]
@@ -404,3 +404,71 @@ def scripted_dropouts(
 
 def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
+
+
+@dataclass
+class InMemoryOutcome:
+    """What :func:`aggregate_in_memory` returns: the server's result and each party's traffic."""
+
+    result: AggregationResult
+    upload_bytes: dict[int, int]
+    download_bytes: dict[int, int]
+    refusals: dict[int, str]
+
+
+def aggregate_in_memory(
+    config: RoundConfig,
+    inputs: Mapping[int, npt.NDArray[np.unsignedinteger]],
+    script: DropoutScript | None = None,
+    *,
+    signing: Sequence[bytes] | None = None,
+) -> InMemoryOutcome:
+    """Run one secure aggregation round among the parties in ``inputs`` (the others are absent
+    from the start), every message crossing as bytes, with optional scripted dropouts.
+
+    This is the driver the FL protocols use in process. It raises what the server raises
+    (:class:`~secagg.errors.AbortedError` when too few parties remain).
+    """
+    script = script or DropoutScript()
+    server = ServerEngine(config)
+    clients = {
+        u: ClientEngine(config, u, signing_key=None if signing is None else signing[u])
+        for u in sorted(inputs)
+    }
+    up = dict.fromkeys(clients, 0)
+    down = dict.fromkeys(clients, 0)
+    refusals: dict[int, str] = {}
+
+    def to_server(u: int, outgoing: list[wire.Message]) -> list[wire.Message]:
+        replies: list[wire.Message] = []
+        for m in outgoing:
+            data = wire.encode(m)
+            up[u] += len(data)
+            replies.extend(server.receive(data))
+        return replies
+
+    pending: list[wire.Message] = []
+    for u, engine in clients.items():
+        if script.alive(u, "advertise"):
+            engine.set_input(inputs[u])
+            pending += to_server(u, engine.start())
+    while server.state not in (ServerState.DONE, ServerState.FAILED):
+        if not pending:
+            pending = server.close_phase()
+            continue
+        phase = _PHASE_OF[server.state]
+        batch, pending = pending, []
+        for m in batch:
+            u = m.recipient
+            if u not in clients or not script.alive(u, phase) or u in refusals:
+                continue
+            data = wire.encode(m)
+            down[u] += len(data)
+            try:
+                out = clients[u].receive(data)
+            except ProtocolError as exc:
+                refusals[u] = f"{type(exc).__name__}: {exc}"
+                continue
+            pending += to_server(u, out)
+    assert server.result is not None
+    return InMemoryOutcome(server.result, up, down, refusals)
