@@ -225,6 +225,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         split=args.split,
         settings=settings,
     )
+
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 

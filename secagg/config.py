@@ -59,10 +59,18 @@ class RoundConfig:
         if n < 2:
             raise ConfigError("need at least 2 parties")
         min_degree = min(len(nb) for nb in self.graph.neighbors)
-        if not 1 <= self.threshold <= min_degree:
+        if not 2 <= self.threshold <= min_degree:
+            # t = 1 would make every share the secret itself: one neighbour could unmask.
             raise ConfigError(
-                f"threshold must be in [1, {min_degree}] (the smallest neighbourhood), got"
+                f"threshold must be in [2, {min_degree}] (the smallest neighbourhood), got"
                 f" {self.threshold}"
+            )
+        if self.active and 2 * self.threshold <= self.graph.degree:
+            # A malicious server that tells some neighbours of v "v dropped" and others "v
+            # survived" gets t shares of both of v's secrets unless 2t > |N(v)| (Bonawitz et al.
+            # 2017, section 4; the consistency check alone only helps when t > |U3| / 2).
+            raise ConfigError(
+                f"active mode needs 2 t > neighbours ({self.graph.degree}), got t={self.threshold}"
             )
         if self.dim < 1:
             raise ConfigError("dim must be positive")

@@ -226,23 +226,29 @@ def add_packed(accumulator: Words, data: bytes, modulus_bits: int) -> None:
         np.add(accumulator, values.astype(dtype, copy=False), out=accumulator)
         return
     groups = -(-count // 8)
+    tail_bits = len(data) * 8 - count * modulus_bits
+    if tail_bits and data[-1] >> (8 - tail_bits):
+        raise EncodingError("non-zero padding bits in packed vector")
     buf = bytearray(groups * modulus_bits + 8)  # room for the last unaligned 64-bit load
     buf[: len(data)] = data
     mask = np.uint64((1 << modulus_bits) - 1)
+    layout = [divmod(i * modulus_bits, 8) for i in range(8)]
+    # Check the padding values of the last group before touching the accumulator, so that a
+    # rejected payload leaves no partial sum behind.
+    last = (groups - 1) * modulus_bits
+    for i in range(count - (groups - 1) * 8, 8):
+        byte, shift = layout[i]
+        word = int.from_bytes(buf[last + byte : last + byte + 8], "little")
+        if (word >> shift) & int(mask):
+            raise EncodingError("non-zero padding bits in packed vector")
     values = np.empty(groups, dtype=np.uint64)
-    for i in range(8):
-        byte, shift = divmod(i * modulus_bits, 8)
+    for i, (byte, shift) in enumerate(layout):
         n_i = len(range(i, count, 8))
         lanes = np.ndarray((groups,), dtype="<u8", buffer=buf, offset=byte, strides=(modulus_bits,))
         np.right_shift(lanes, np.uint64(shift), out=values)
         np.bitwise_and(values, mask, out=values)
-        if n_i < groups and np.any(values[n_i:]):
-            raise EncodingError("non-zero padding bits in packed vector")
         target = accumulator[i::8]
         np.add(target, values[:n_i], out=target, casting="unsafe")
-    tail_bits = len(data) * 8 - count * modulus_bits
-    if tail_bits and data[-1] >> (8 - tail_bits):
-        raise EncodingError("non-zero padding bits in packed vector")
 
 
 def _unpack_wide(data: bytes, modulus_bits: int, count: int) -> Words:

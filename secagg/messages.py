@@ -38,6 +38,7 @@ _HEADER = struct.Struct(">4sBB16sQIII")
 HEADER_BYTES = _HEADER.size
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
+COMMITMENT_BYTES = 32
 
 
 class MessageDecodeError(RemoteProtocolError):
@@ -158,10 +159,14 @@ class EncryptedShares(Message):
     TYPE: ClassVar[MessageType] = MessageType.ENCRYPTED_SHARES
     receivers: tuple[int, ...] = field(kw_only=True)
     ciphertexts: tuple[bytes, ...] = field(kw_only=True, repr=False)
+    #: SHA-256 commitment to the self-mask seed: lets the server detect a forged share of b_u.
+    self_mask_commitment: bytes = field(kw_only=True, default=bytes(32))
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_records(self.receivers, self.ciphertexts, "encrypted shares")
+        if len(self.self_mask_commitment) != COMMITMENT_BYTES:
+            raise ValueError("self-mask commitment must be 32 bytes")
 
 
 @dataclass(frozen=True)
@@ -431,6 +436,7 @@ def _write_body(w: _Writer, m: Message) -> None:
         for e in m.entries:
             _write_key(w, e)
     elif isinstance(m, EncryptedShares):
+        w.raw(m.self_mask_commitment)
         w.records(m.receivers, m.ciphertexts)
     elif isinstance(m, ShareDelivery):
         w.records(m.senders, m.ciphertexts)
@@ -528,8 +534,11 @@ def _read_body(kind: MessageType, r: _Reader, head: tuple[bytes, int, int, int])
         n = r.count(69)
         return KeyDirectory(*head, entries=tuple(_read_key(r) for _ in range(n)))
     if kind is MessageType.ENCRYPTED_SHARES:
+        commitment = r.take(COMMITMENT_BYTES)
         ids, records = r.records()
-        return EncryptedShares(*head, receivers=ids, ciphertexts=records)
+        return EncryptedShares(
+            *head, receivers=ids, ciphertexts=records, self_mask_commitment=commitment
+        )
     if kind is MessageType.SHARE_DELIVERY:
         ids, records = r.records()
         return ShareDelivery(*head, senders=ids, ciphertexts=records)

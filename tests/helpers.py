@@ -9,7 +9,7 @@ rewrite, replace or suppress any server -> party message (a lying server).
 from __future__ import annotations
 
 import secrets as _secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +21,7 @@ from secagg.config import RoundConfig
 from secagg.crypto import keys
 from secagg.engine import AggregationResult, ClientEngine, ServerEngine
 from secagg.engine._state import ClientState, ServerState
-from secagg.errors import AbortedError, ProtocolError
+from secagg.errors import ProtocolError
 
 #: Phases at which a party can stop answering (it answers nothing from that phase on).
 PHASES = ("advertise", "share_keys", "masked_input", "consistency", "unmask")
@@ -91,16 +91,14 @@ def random_inputs(
     """Uniform inputs in [0, 2^B) as uint64 vectors (B up to 64)."""
     gen = np.random.default_rng(seed)
     high = 1 << bits
-    return {
-        u: gen.integers(0, high, size=dim, dtype=np.uint64, endpoint=False) for u in range(n)
-    }
+    return {u: gen.integers(0, high, size=dim, dtype=np.uint64, endpoint=False) for u in range(n)}
 
 
 def plain_sum(
-    inputs: Mapping[int, npt.NDArray[np.unsignedinteger]], parties: object, bits: int
+    inputs: Mapping[int, npt.NDArray[np.unsignedinteger]], parties: Iterable[int], bits: int
 ) -> npt.NDArray[np.uint64]:
     """sum_{u in parties} inputs[u] mod 2^B (uint64 wraps mod 2^64, then reduce)."""
-    members = list(parties)  # type: ignore[call-overload]
+    members = list(parties)
     dim = len(next(iter(inputs.values())))
     total = np.zeros(dim, dtype=np.uint64)
     for u in members:
@@ -324,7 +322,6 @@ def masked_vector(
 
 __all__ = [
     "PHASES",
-    "AbortedError",
     "Outcome",
     "Router",
     "alive",

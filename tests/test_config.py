@@ -58,13 +58,29 @@ def test_valid_active_mode() -> None:
 
 
 def test_valid_boundaries() -> None:
-    _config(threshold=1)
+    _config(threshold=2)
     _config(threshold=4)  # = n - 1, the smallest neighbourhood of K_5
     _config(modulus_bits=2)
     _config(modulus_bits=64)
     _config(dim=1)
     _config(round_index=2**63 - 1)
-    _config(graph=complete_graph(2), threshold=1)
+    _config(graph=complete_graph(3), threshold=2)
+
+
+def test_threshold_one_is_refused() -> None:
+    """t = 1 makes every share the secret itself: a single neighbour could unmask a party."""
+    with pytest.raises(ConfigError, match="threshold"):
+        _config(threshold=1)
+    with pytest.raises(ConfigError, match="threshold"):
+        _config(graph=complete_graph(2), threshold=1)
+
+
+def test_active_mode_needs_a_majority_threshold() -> None:
+    """Active mode: 2t must exceed the neighbourhood, or a lying server collects both shares."""
+    vks = tuple(bytes([i]) * 32 for i in range(5))
+    _config(active=True, verify_keys=vks, threshold=3)
+    with pytest.raises(ConfigError, match="active"):
+        _config(active=True, verify_keys=vks, threshold=2)
 
 
 def test_frozen() -> None:
@@ -127,12 +143,14 @@ def test_threshold_bound_uses_smallest_neighbourhood() -> None:
     _config(graph=graph, threshold=4)
     with pytest.raises(ConfigError, match="threshold"):
         _config(graph=graph, threshold=5)
-    # A hand-made irregular graph: party 0 has only 1 neighbour, the others more.
-    star = NeighborGraph(n=4, kind="harary", neighbors=((1,), (0, 2, 3), (1, 3), (1, 2)))
+    # A hand-made irregular graph: party 0 has only 2 neighbours, the others more.
+    star = NeighborGraph(
+        n=5, kind="harary", neighbors=((1, 2), (0, 2, 3, 4), (0, 1, 3, 4), (1, 2, 4), (1, 2, 3))
+    )
     star.validate()
-    _config(graph=star, threshold=1)
+    _config(graph=star, threshold=2)
     with pytest.raises(ConfigError):
-        _config(graph=star, threshold=2)
+        _config(graph=star, threshold=3)
 
 
 def test_harary_degree_n_minus_1_is_complete() -> None:

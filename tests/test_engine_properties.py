@@ -38,13 +38,12 @@ def scenarios(draw: st.DrawFn, max_n: int = 40) -> dict:
     kinds = ["complete", "harary"] if n >= 4 else ["complete"]
     kind = draw(st.sampled_from(kinds))
     k = draw(st.sampled_from(list(range(2, n - 1, 2)))) if kind == "harary" else n - 1
-    t = draw(st.integers(1, k))
+    active = draw(st.booleans())
+    # RoundConfig refuses t = 1 (a share would be the secret) and, in active mode, 2t <= k.
+    t = draw(st.integers(k // 2 + 1 if active else 2, k))
     dim = draw(st.integers(1, 64))
     bits = draw(st.integers(2, 64))
-    active = draw(st.booleans())
-    drops = draw(
-        st.dictionaries(st.integers(0, n - 1), st.sampled_from(PHASES), max_size=n)
-    )
+    drops = draw(st.dictionaries(st.integers(0, n - 1), st.sampled_from(PHASES), max_size=n))
     return {
         "n": n,
         "kind": kind,

@@ -37,7 +37,8 @@ N, T, DIM, BITS = 4, 2, 8, 16
 ME = 0  # the client under test
 PEER = 1  # the party whose messages the server under test receives
 
-SECRET_ATTRS = ("_secrets", "_held", "_self_mask_seed", "_input", "_signing_key")
+#: Secret-bearing attributes; ``_receive_keys`` (share-opening AES keys) where the engine has it.
+SECRET_ATTRS = ("_secrets", "_held", "_self_mask_seed", "_input", "_signing_key", "_receive_keys")
 
 CLIENT_STATES = {
     False: [s for s in ClientState if s is not ClientState.AWAIT_UNMASK],
@@ -188,7 +189,7 @@ def world(active: bool) -> World:
 
 def assert_wiped(engine: ClientEngine) -> None:
     for name in SECRET_ATTRS:
-        assert getattr(engine, name) is None, name
+        assert getattr(engine, name, None) is None, name
 
 
 def assert_dead_client(engine: ClientEngine, w: World) -> None:
@@ -211,7 +212,9 @@ def assert_dead_client(engine: ClientEngine, w: World) -> None:
 
 
 CLIENT_CASES = [
-    pytest.param(active, state, mtype, id=f"{'active' if active else 'semi'}-{state.name}-{mtype.name}")
+    pytest.param(
+        active, state, mtype, id=f"{'active' if active else 'semi'}-{state.name}-{mtype.name}"
+    )
     for active in (False, True)
     for state in CLIENT_STATES[active]
     for mtype in MessageType
@@ -260,7 +263,10 @@ def test_client_state_table(active: bool, state: ClientState, mtype: MessageType
 
 def test_client_table_covers_declared_transitions() -> None:
     """Every declared transition is exercised with a real message by the table above."""
-    for active, table in ((False, CLIENT_TRANSITIONS_SEMI_HONEST), (True, CLIENT_TRANSITIONS_ACTIVE)):
+    for active, table in (
+        (False, CLIENT_TRANSITIONS_SEMI_HONEST),
+        (True, CLIENT_TRANSITIONS_ACTIVE),
+    ):
         for state, mtype in table:
             assert state in CLIENT_STATES[active] and mtype in MessageType
             assert mtype in world(active).to_client
@@ -284,7 +290,9 @@ def test_share_delivery_with_early_input_sends_masked_input() -> None:
 
 
 SERVER_CASES = [
-    pytest.param(active, state, mtype, id=f"{'active' if active else 'semi'}-{state.name}-{mtype.name}")
+    pytest.param(
+        active, state, mtype, id=f"{'active' if active else 'semi'}-{state.name}-{mtype.name}"
+    )
     for active in (False, True)
     for state in SERVER_STATES[active]
     for mtype in MessageType
@@ -369,7 +377,8 @@ def test_client_rejects_foreign_misaddressed_and_garbage(active: bool) -> None:
         data = variant if isinstance(variant, bytes) else wire.encode(variant)
         with pytest.raises(RemoteProtocolError):
             engine.receive(data)
-        assert_dead_client(engine, w), name
+        assert engine.state is ClientState.FAILED, name
+        assert_dead_client(engine, w)
     # Not a message at all: the local caller's mistake.
     engine = copy.deepcopy(w.client[ClientState.AWAIT_KEYS])
     with pytest.raises(LocalProtocolError):
@@ -551,10 +560,16 @@ def _abort_case(active: bool, drops: dict[int, str], state: ServerState, t: int 
     [
         (False, {0: "advertise", 1: "advertise", 2: "advertise"}, ServerState.COLLECT_KEYS),
         (False, {0: "share_keys", 1: "share_keys"}, ServerState.COLLECT_SHARES),
-        (False, {0: "masked_input", 1: "masked_input", 2: "masked_input"},
-         ServerState.COLLECT_MASKED_INPUTS),
-        (True, {0: "consistency", 1: "consistency", 2: "consistency"},
-         ServerState.COLLECT_SIGNATURES),
+        (
+            False,
+            {0: "masked_input", 1: "masked_input", 2: "masked_input"},
+            ServerState.COLLECT_MASKED_INPUTS,
+        ),
+        (
+            True,
+            {0: "consistency", 1: "consistency", 2: "consistency"},
+            ServerState.COLLECT_SIGNATURES,
+        ),
         (False, {0: "unmask", 1: "unmask", 2: "unmask"}, ServerState.COLLECT_UNMASK),
         (True, {0: "unmask", 1: "unmask", 2: "unmask"}, ServerState.COLLECT_UNMASK),
     ],
@@ -675,8 +690,11 @@ def test_state_dict_from_another_party_session_or_round_is_refused(active: bool)
         {"round_index": w.config.round_index + 1},
         {"version": 999},
     ):
-        other = ClientEngine(dataclasses.replace(w.config, **{
-            k: v for k, v in change.items() if k != "version"}), ME, signing_key=me_key)
+        other = ClientEngine(
+            dataclasses.replace(w.config, **{k: v for k, v in change.items() if k != "version"}),
+            ME,
+            signing_key=me_key,
+        )
         bad = dict(state, **change) if "version" in change else state
         with pytest.raises(LocalProtocolError):
             other.load_state_dict(bad)
@@ -694,18 +712,12 @@ def test_state_dict_after_failure_holds_no_secrets(active: bool) -> None:
     assert saved["state"] == ClientState.FAILED.value
     assert saved["secrets"] is None and saved["held"] is None
     assert saved["self_mask_seed"] is None and saved["input"] is None
+    assert saved.get("receive_keys") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: ClientEngine.load_state_dict (secagg/engine/client.py) does not check the engine's "
-        "own state, so a FAILED (or DONE) engine is revived from an older state dict and answers "
-        "again; errors.py promises a FAILED engine 'refuses every further call'"
-    ),
-)
 @pytest.mark.parametrize("terminal", [ClientState.FAILED, ClientState.DONE])
 def test_terminal_engine_refuses_load_state_dict(terminal: ClientState) -> None:
+    """Regression: a FAILED or DONE engine used to come back to life from an older dict."""
     w = world(False)
     older = copy.deepcopy(w.client[ClientState.AWAIT_SURVIVORS]).state_dict()
     engine = copy.deepcopy(w.client[terminal])

@@ -53,6 +53,21 @@ def x25519_shared_secret(private_raw: bytes, peer_public_raw: bytes) -> bytes:
         raise RemoteProtocolError(f"invalid X25519 public key: {exc}") from None
 
 
+_PROBE = X25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+
+
+def check_x25519_public(public_raw: bytes) -> None:
+    """Raise RemoteProtocolError unless ``public_raw`` is a usable X25519 public key.
+
+    Low-order points give an all-zero shared secret with every private key, which
+    ``cryptography`` reports as an error; probing with one fixed key detects them.
+    """
+    try:
+        _PROBE.exchange(X25519PublicKey.from_public_bytes(public_raw))
+    except ValueError as exc:
+        raise RemoteProtocolError(f"invalid X25519 public key: {exc}") from None
+
+
 def x25519_shared_secrets(private_raw: bytes, peer_publics: list[bytes]) -> list[bytes]:
     """X25519 of one private key with many peers (the private key is loaded once: ~2x faster).
 

@@ -115,6 +115,11 @@ class KeyCollector:
         if message.sender in self.entries:
             raise RemoteProtocolError(f"party {message.sender} advertised keys twice")
         verify_entry(self.config, message.keys)
+        for public in (message.keys.mask_public, message.keys.encryption_public):
+            # A low-order point would make every neighbour's key agreement fail (RFC 7748,
+            # section 6.1): refuse it here rather than let one party abort its whole
+            # neighbourhood later.
+            keys.check_x25519_public(public)
         self.entries[message.sender] = message.keys
 
     def directories(self) -> dict[int, KeyDirectory]:

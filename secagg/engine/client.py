@@ -265,8 +265,12 @@ class ClientEngine:
         """Restore from :meth:`state_dict` (same config and party).
 
         Raises:
-            LocalProtocolError: the state belongs to another session, round, party or version.
+            LocalProtocolError: the state belongs to another session, round, party or version,
+                or this engine was already used (only a fresh engine can be restored: a failed
+                or finished engine must never come back to life).
         """
+        if self.state is not ClientState.START or self._secrets is not None or self.error:
+            raise LocalProtocolError("load_state_dict() needs a fresh engine")
         if (
             state.get("version") != STATE_VERSION
             or state.get("session_id") != self.config.session_id

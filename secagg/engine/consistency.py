@@ -31,6 +31,8 @@ def client_sign(
     """Sign the survivor list after checking that it includes the signer."""
     if party not in survivors:
         raise RemoteProtocolError("the survivor list omits this party, which sent its input")
+    if any(not 0 <= p < config.num_parties for p in survivors):
+        raise RemoteProtocolError("the survivor list names parties outside this round")
     if len(survivors) < config.threshold:
         raise RemoteProtocolError(
             f"survivor list of {len(survivors)} parties is below the threshold {config.threshold}"
@@ -50,6 +52,8 @@ def check_signatures(
         RemoteProtocolError: otherwise.
     """
     assert config.verify_keys is not None
+    if any(not 0 <= p < config.num_parties for p in survivors):
+        raise RemoteProtocolError("the survivor list names parties outside this round")
     alive = set(survivors)
     payload = survivors_payload(config, survivors)
     for item in signatures:
@@ -57,7 +61,7 @@ def check_signatures(
             raise RemoteProtocolError(f"signature by party {item.party}, not a survivor")
         if not keys.verify(config.verify_keys[item.party], item.signature, payload):
             raise RemoteProtocolError(f"invalid survivor-list signature of party {item.party}")
-    if len(signatures) < config.threshold:
+    if len({item.party for item in signatures}) < config.threshold:
         raise RemoteProtocolError(
             f"only {len(signatures)} survivor signatures, fewer than the threshold"
             f" {config.threshold}"

@@ -244,6 +244,7 @@ class ServerEngine:
             self._peers,
             {u: entries[u].mask_public for u in self._peers},
             set(recipients),
+            self._router.commitments if self._router is not None else None,
         )
         self.state = ServerState.COLLECT_UNMASK
         return [
@@ -334,6 +335,7 @@ class ServerEngine:
             else {
                 "present": {u: list(v) for u, v in router.present.items()},
                 "sealed": {u: list(c) for u, c in router.sealed.items()},
+                "commitments": dict(router.commitments),
             },
             "peers": {u: list(v) for u, v in self._peers.items()},
             "sum": None
@@ -368,9 +370,12 @@ class ServerEngine:
         """Restore from :meth:`state_dict` (same config).
 
         Raises:
-            LocalProtocolError: the state belongs to another session, round or version.
+            LocalProtocolError: the state belongs to another session, round or version, or this
+                engine was already used (only a fresh engine can be restored).
         """
         cfg = self.config
+        if self.state is not ServerState.COLLECT_KEYS or self._keys.entries or self.error:
+            raise LocalProtocolError("load_state_dict() needs a fresh engine")
         if (
             state.get("version") != STATE_VERSION
             or state.get("session_id") != cfg.session_id
@@ -389,6 +394,9 @@ class ServerEngine:
             present = {int(u): tuple(v) for u, v in state["router"]["present"].items()}
             self._router = ShareRouter(cfg, present)
             self._router.sealed = {int(u): tuple(c) for u, c in state["router"]["sealed"].items()}
+            self._router.commitments = {
+                int(u): bytes(c) for u, c in state["router"]["commitments"].items()
+            }
         self._peers = {int(u): tuple(v) for u, v in state["peers"].items()}
         self._sum = None
         if state["sum"] is not None:
@@ -408,6 +416,7 @@ class ServerEngine:
                 self._peers,
                 {u: entries[u].mask_public for u in self._peers},
                 set(state["unmask"]["expected"]),
+                self._router.commitments if self._router is not None else None,
             )
             self._unmasker.responders = set(state["unmask"]["responders"])
             for name in ("self_mask_shares", "mask_key_shares"):

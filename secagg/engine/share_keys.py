@@ -7,6 +7,7 @@ that t of them can later rebuild exactly one of the two for the server.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass, field
 
@@ -59,6 +60,17 @@ def share_encryption_key(
     )
 
 
+def self_mask_commitment(config: RoundConfig, party: int, self_mask_seed: bytes) -> bytes:
+    """SHA-256 commitment to b_u, bound to session, round and party. b_u is 128 uniformly random
+    bits, so the hash hides it; after reconstruction the server checks the seed against it and
+    detects a party that revealed a forged share (which would otherwise corrupt the sum
+    silently)."""
+    digest = hashlib.sha256(b"secagg/v1/self-mask-commitment")
+    digest.update(config.session_id + struct.pack(">QI", config.round_index, party))
+    digest.update(self_mask_seed)
+    return digest.digest()
+
+
 def client_share_keys(
     config: RoundConfig, party: int, secrets: PartySecrets, agreement: KeyAgreement
 ) -> tuple[bytes, dict[int, bytes], EncryptedShares]:
@@ -96,6 +108,7 @@ def client_share_keys(
         SERVER,
         receivers=tuple(peers),
         ciphertexts=tuple(sealed),
+        self_mask_commitment=self_mask_commitment(config, party, self_mask_seed),
     )
     return self_mask_seed, receive_keys, message
 
@@ -149,6 +162,7 @@ class ShareRouter:
         self.config = config
         self.present = present
         self.sealed: dict[int, tuple[bytes, ...]] = {}
+        self.commitments: dict[int, bytes] = {}
 
     def add(self, message: EncryptedShares) -> None:
         u = message.sender
@@ -161,6 +175,7 @@ class ShareRouter:
                 f"party {u} must seal shares for exactly its neighbours in U1"
             )
         self.sealed[u] = message.ciphertexts
+        self.commitments[u] = message.self_mask_commitment
 
     def deliveries(self) -> dict[int, ShareDelivery]:
         """U2 -> the ciphertexts its neighbours in U2 sealed for it."""

@@ -20,7 +20,7 @@ from secagg.crypto.prg import SEED_BYTES
 from secagg.engine import consistency
 from secagg.engine.masked_input import mask_context
 from secagg.engine.masking import DroppedPartyMasks, self_mask_stream_seed, total_mask_parallel
-from secagg.engine.share_keys import MASK_KEY_BYTES, HeldShares
+from secagg.engine.share_keys import MASK_KEY_BYTES, HeldShares, self_mask_commitment
 from secagg.errors import AbortedError, RemoteProtocolError
 from secagg.messages import SERVER, UnmaskRequest, UnmaskResponse
 
@@ -60,6 +60,8 @@ def client_unmask(
             one it signed or without t valid signatures.
     """
     survivors, dropped = set(request.survivors), set(request.dropped)
+    if any(not 0 <= p < config.num_parties for p in survivors | dropped):
+        raise RemoteProtocolError("unmask request names parties outside this round")
     if survivors & dropped:
         raise RemoteProtocolError("survivor and dropped lists overlap")
     if party not in survivors:
@@ -122,6 +124,7 @@ class Unmasker:
         peers: dict[int, tuple[int, ...]],
         mask_public: dict[int, bytes],
         expected: set[int],
+        commitments: dict[int, bytes] | None = None,
     ) -> None:
         """
         Args:
@@ -130,7 +133,9 @@ class Unmasker:
             peers: for each party in U2, its neighbours in U2 (those it masked with).
             mask_public: S_v of every party in U2.
             expected: who may answer.
+            commitments: each party's commitment to its self-mask seed (from ShareKeys).
         """
+        self.commitments = commitments or {}
         self.config = config
         self.survivors = tuple(survivors)
         self.dropped = tuple(dropped)
@@ -183,6 +188,12 @@ class Unmasker:
         ctx = mask_context(self.config)
         seeds = _reconstruct_all(self.self_mask_shares, self.config.threshold, SEED_BYTES)
         keys_ = _reconstruct_all(self.mask_key_shares, self.config.threshold, MASK_KEY_BYTES)
+        for u in self.survivors:
+            if (
+                u in self.commitments
+                and self_mask_commitment(self.config, u, seeds[u]) != self.commitments[u]
+            ):
+                raise RemoteProtocolError(f"shares of party {u}'s self-mask seed are inconsistent")
         survivors = set(self.survivors)
         dropped_masks = []
         for v, sk in keys_.items():
