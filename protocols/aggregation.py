@@ -52,6 +52,9 @@ class AggregateOutcome:
     upload_bytes: dict[int, int] = field(default_factory=dict)
     download_bytes: dict[int, int] = field(default_factory=dict)
     aborted: str | None = None
+    #: Bytes of the update itself (the masked vector, or the plaintext values): these scale
+    #: with the party's part; the rest of ``upload_bytes`` is per-neighbour key exchange.
+    payload_bytes: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -110,13 +113,15 @@ def aggregate_plain(
         where = part_positions(selection, u)
         sums[where] += np.where(updates[u].uploaded, updates[u].values, 0.0)
         uploaders[where] += updates[u].uploaded
+    uploads = {u: plain_upload_bytes(updates[u]) if u in survivors else 0 for u in updates}
     return AggregateOutcome(
         sums,
         _coordinate_holders(selection, survivors),
         uploaders if count_channel else None,
         tuple(sorted(survivors)),
-        {u: plain_upload_bytes(updates[u]) if u in survivors else 0 for u in updates},
+        uploads,
         {u: model_download_bytes(selection, u) for u in updates},
+        payload_bytes=dict(uploads),
     )
 
 
@@ -173,5 +178,11 @@ def aggregate_secure(
         u: outcome.download_bytes.get(u, 0) + model_download_bytes(selection, u) for u in updates
     }
     return AggregateOutcome(
-        sums, holders, uploaders, result.survivors, dict(outcome.upload_bytes), downloads
+        sums,
+        holders,
+        uploaders,
+        result.survivors,
+        dict(outcome.upload_bytes),
+        downloads,
+        payload_bytes=dict(outcome.masked_input_bytes),
     )

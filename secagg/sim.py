@@ -414,6 +414,8 @@ class InMemoryOutcome:
     upload_bytes: dict[int, int]
     download_bytes: dict[int, int]
     refusals: dict[int, str]
+    #: Per party, the bytes of its MaskedInput alone (the part that scales with its vector).
+    masked_input_bytes: dict[int, int] = field(default_factory=dict)
 
 
 def aggregate_in_memory(
@@ -437,6 +439,7 @@ def aggregate_in_memory(
     }
     up = dict.fromkeys(clients, 0)
     down = dict.fromkeys(clients, 0)
+    masked = dict.fromkeys(clients, 0)
     refusals: dict[int, str] = {}
 
     def to_server(u: int, outgoing: list[wire.Message]) -> list[wire.Message]:
@@ -444,6 +447,8 @@ def aggregate_in_memory(
         for m in outgoing:
             data = wire.encode(m)
             up[u] += len(data)
+            if isinstance(m, wire.MaskedInput):
+                masked[u] += len(data)
             replies.extend(server.receive(data))
         return replies
 
@@ -471,4 +476,4 @@ def aggregate_in_memory(
                 continue
             pending += to_server(u, out)
     assert server.result is not None
-    return InMemoryOutcome(server.result, up, down, refusals)
+    return InMemoryOutcome(server.result, up, down, refusals, masked)

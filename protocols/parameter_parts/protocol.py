@@ -25,11 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from protocols.datasets import TabularData
-from protocols.models import flat_parameters, make_model, parameter_layers, set_flat_parameters
-from protocols.parameter_parts.selection import select_parts
-from protocols.parameter_parts.upload import clip_values, upload_mask
-from protocols.training import evaluate, local_train
 
 from protocols.aggregation import (
     AggregateOutcome,
@@ -39,6 +34,11 @@ from protocols.aggregation import (
     aggregate_secure,
     part_positions,
 )
+from protocols.datasets import TabularData
+from protocols.models import flat_parameters, make_model, parameter_layers, set_flat_parameters
+from protocols.parameter_parts.selection import select_parts
+from protocols.parameter_parts.upload import clip_values, upload_mask
+from protocols.training import evaluate, local_train
 from secagg.errors import AbortedError
 
 RULES = ("mean", "mean_over_uploaders", "add")
@@ -202,6 +202,7 @@ class ParameterPartsTrainer:
         metrics = evaluate(self.global_model, self.data.x_test, self.data.y_test)
         part_sizes = [part_positions(selection, u).size for u in range(n)]
         ups = [outcome.upload_bytes.get(u, 0) for u in range(n) if u not in dropped]
+        payloads = [outcome.payload_bytes.get(u, 0) for u in range(n) if u not in dropped]
         downs = [outcome.download_bytes.get(u, 0) for u in range(n)]
         return RoundReport(
             round=self.round_index,
@@ -214,6 +215,7 @@ class ParameterPartsTrainer:
             part_fraction_mean=float(np.mean(part_sizes)) / self.num_params,
             seconds=time.perf_counter() - start,
             aborted=aborted,
+            extra={"payload_bytes_mean": float(np.mean(payloads)) if payloads else 0.0},
         )
 
     def _apply(self, outcome: AggregateOutcome, global_vec: np.ndarray) -> None:

@@ -1,0 +1,1 @@
+"""The random parameter-part protocol: part selection, upload policies, local and server updates."""
