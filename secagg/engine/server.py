@@ -196,8 +196,15 @@ class ServerEngine:
             self._dropped = tuple(sorted(self._sum.expected - self._sum.received))
             alive = set(self._survivors)
             for u in self._survivors:
-                # The same per-block condition every honest party checks before answering.
-                weak = weak_blocks(cfg, u, alive, alive & set(self._peers.get(u, ())))
+                # The conditions every honest party checks before answering: refuse early and
+                # clearly instead of asking parties that will refuse.
+                surviving_peers = alive & set(self._peers.get(u, ()))
+                if len(surviving_peers) < t:
+                    raise AbortedError(
+                        f"party {u} has only {len(surviving_peers)} surviving neighbours, fewer"
+                        f" than the threshold {t}"
+                    )
+                weak = weak_blocks(cfg, u, alive, surviving_peers)
                 if weak:
                     raise AbortedError(
                         f"blocks {weak[:5]} of party {u} would be revealed for fewer than"
