@@ -78,7 +78,7 @@ def client_mask_work(dim: int, k: int, bits: int, reps: int = 5) -> float:
         session_id=os.urandom(16),
         round_index=0,
         graph=graph.complete_graph(k + 1),
-        threshold=1,
+        threshold=2,
         dim=dim,
         modulus_bits=bits,
     )

@@ -13,7 +13,13 @@ import numpy as np
 import torch
 
 from protocols.centralized import train_centralized
-from protocols.datasets import TabularData, load_adult, load_csv, split_parties
+from protocols.datasets import (
+    TabularData,
+    load_adult,
+    load_csv,
+    split_by_feature,
+    split_parties,
+)
 from protocols.parameter_parts.protocol import ParameterPartsTrainer, ProtocolSettings
 
 PROTOCOLS = ("parameter-parts", "fedavg", "centralized")
@@ -76,7 +82,11 @@ def run(
         secure = False
     else:
         settings = fedavg_settings(s) if options.protocol == "fedavg" else s
-        rows = split_parties(data.y_train, options.parties, scheme=options.split, seed=s.seed)
+        if options.split.startswith("feature:"):
+            # Non-IID by a categorical feature: each party gets whole groups (e.g. occupations).
+            rows = split_by_feature(data, options.split.split(":", 1)[1], options.parties, s.seed)
+        else:
+            rows = split_parties(data.y_train, options.parties, scheme=options.split, seed=s.seed)
         trainer = ParameterPartsTrainer(data, rows, settings)
         for _ in range(options.rounds):
             report = trainer.run_round()

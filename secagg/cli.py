@@ -173,7 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="fraction of parties that drop each round, mid-protocol (0.0)",
     )
-    train.add_argument("--split", choices=["iid", "dirichlet"], default="iid")
+    train.add_argument(
+        "--split",
+        default="iid",
+        help="how rows are spread over parties: iid, dirichlet (label skew, alpha 0.5), or"
+        " feature:COLUMN (whole groups of a categorical column per party, e.g."
+        " feature:occupation) (iid)",
+    )
     train.add_argument("--local-epochs", type=_positive, default=1)
     train.add_argument("--lr", type=float, default=0.1)
     train.add_argument("--gamma", type=float, default=1.0, help="per-value clip of a change (1.0)")
