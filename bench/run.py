@@ -207,8 +207,9 @@ def markdown(results: dict[str, Any], command: str) -> str:
         f"Made by `{command}` on one machine, in one run: Python {m['python']},"
         f" {m['cores']} cores ({m['processor']}), {m['workers']} worker processes.",
         "Every ratio compares numbers measured in this same run. Timings are wall-clock seconds;",
-        "server time is the CPU time of its message handling plus the wall time of its phase",
-        "transitions (see `secagg.sim.run_round`). Re-run the command to refresh this file.",
+        "in the simulation clients and server take turns (a chunk of clients computes on the",
+        "worker processes, then the server handles their replies), so server time is not slowed",
+        "by simulated clients (see `secagg.sim.run_round`). Re-run the command to refresh this.",
         "",
         "## Keystream+add limit",
         "",

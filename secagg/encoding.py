@@ -241,12 +241,16 @@ def add_packed(accumulator: Words, data: bytes, modulus_bits: int) -> None:
         word = int.from_bytes(buf[last + byte : last + byte + 8], "little")
         if (word >> shift) & int(mask):
             raise EncodingError("non-zero padding bits in packed vector")
-    values = np.empty(groups, dtype=np.uint64)
+    # Narrowest load that holds every value with its bit offset: 32-bit lanes when they fit
+    # (B <= 25 always; B = 26 when the offsets are even), which halves the bytes moved.
+    lane = np.dtype("<u4") if max(sh for _, sh in layout) + modulus_bits <= 32 else np.dtype("<u8")
+    values = np.empty(groups, dtype=lane.newbyteorder("="))
+    lane_mask = values.dtype.type(int(mask))
     for i, (byte, shift) in enumerate(layout):
         n_i = len(range(i, count, 8))
-        lanes = np.ndarray((groups,), dtype="<u8", buffer=buf, offset=byte, strides=(modulus_bits,))
-        np.right_shift(lanes, np.uint64(shift), out=values)
-        np.bitwise_and(values, mask, out=values)
+        lanes = np.ndarray((groups,), dtype=lane, buffer=buf, offset=byte, strides=(modulus_bits,))
+        np.right_shift(lanes, values.dtype.type(shift), out=values)
+        np.bitwise_and(values, lane_mask, out=values)
         target = accumulator[i::8]
         np.add(target, values[:n_i], out=target, casting="unsafe")
 

@@ -230,9 +230,10 @@ def run_round(
     ``state_dict``, handles one message and persists it again, in ``workers`` processes. The
     server runs in this process; with several workers it regenerates masks on the same pool.
 
-    Timing: ``server_seconds`` is the CPU time of the server's message handling (it overlaps
-    with client work on other cores) plus the wall time of its phase transitions (nothing else
-    runs then); client seconds are per party, summed over its steps.
+    Timing: clients and the server take turns (a chunk of clients computes, then the server
+    handles their replies), so ``server_seconds`` is the wall time of all the server's work with
+    no simulated client competing for the cores; client seconds are per party, summed over its
+    steps (several clients run at once on the worker processes).
     """
     config, signing = build_config(setup)
     n, dim = setup.clients, setup.dim
@@ -262,10 +263,18 @@ def run_round(
         server_phases[phase] = server_phases.get(phase, 0.0) + elapsed
         return out
 
-    def run_clients(jobs: list[tuple[int, dict[str, Any] | None, bytes | None]], phase: str):  # type: ignore[no-untyped-def]
+    # Clients and server take turns, a chunk of clients at a time, so that the server's timings
+    # are not slowed by simulated clients competing for the same cores (a real server does not
+    # host its clients). A chunk holds at most ~256 MB of replies.
+    reply_bytes = max(1, setup.dim * setup.modulus_bits // 8)
+    chunk = max(workers, min(256, (256 << 20) // reply_bytes))
+
+    def run_clients(
+        jobs: list[tuple[int, dict[str, Any] | None, bytes | None]],
+    ) -> list[_StepResult]:
         if executor is None:
-            return map(_client_step, jobs)
-        return executor.map(_client_step, jobs, chunksize=max(1, min(16, len(jobs) // 8)))
+            return [_client_step(job) for job in jobs]
+        return list(executor.map(_client_step, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
 
     def step(batch: list[tuple[int, bytes | None]], phase: str) -> list[wire.Message]:
         """Hand messages to the parties alive in ``phase``; route their replies to the server."""
@@ -278,29 +287,26 @@ def run_round(
                 meters[u].download += len(data)
             jobs.append((u, states[u], data))
         replies: list[wire.Message] = []
-        for i, result in enumerate(run_clients(jobs, phase)):
-            if progress:
-                progress(phase, i + 1, len(jobs))
-            u = result.party
-            states[u] = result.state
-            meters[u].seconds += result.seconds
-            meters[u].phases[phase] = meters[u].phases.get(phase, 0.0) + result.seconds
-            if result.failure:
-                failures[u] = result.failure
-            for data in result.outgoing:
-                meters[u].upload += len(data)
-                collecting = server.state.value
-                start_cpu, start_wall = time.thread_time(), time.perf_counter()
-                replies.extend(server.receive(data))
-                # CPU time while clients may run on other cores; wall time when the message
-                # closed the phase (all clients idle; the server may wait on its own pool).
-                elapsed = (
-                    time.thread_time() - start_cpu
-                    if server.state.value == collecting
-                    else time.perf_counter() - start_wall
-                )
-                server_seconds += elapsed
-                server_phases[collecting] = server_phases.get(collecting, 0.0) + elapsed
+        done = 0
+        for first in range(0, len(jobs), chunk):
+            for result in run_clients(jobs[first : first + chunk]):
+                done += 1
+                if progress:
+                    progress(phase, done, len(jobs))
+                u = result.party
+                states[u] = result.state
+                meters[u].seconds += result.seconds
+                meters[u].phases[phase] = meters[u].phases.get(phase, 0.0) + result.seconds
+                if result.failure:
+                    failures[u] = result.failure
+                for data in result.outgoing:
+                    meters[u].upload += len(data)
+                    collecting = server.state.value
+                    start = time.perf_counter()
+                    replies.extend(server.receive(data))
+                    elapsed = time.perf_counter() - start
+                    server_seconds += elapsed
+                    server_phases[collecting] = server_phases.get(collecting, 0.0) + elapsed
         return replies
 
     expected = np.zeros(dim, dtype=np.int64)

@@ -354,3 +354,17 @@ def test_range_check_is_not_integrity_protection() -> None:
     got = shamir.reconstruct(points, bad, 32)
     assert got == [(1).to_bytes(32, "little")]
     assert got != [secret]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.integers(1, 10_000), min_size=1, max_size=70, unique=True).map(tuple),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_lagrange_at_zero_many_equals_one_by_one(point_sets: list[tuple[int, ...]]) -> None:
+    many = shamir.lagrange_at_zero_many(point_sets)
+    for points, coeffs in zip(point_sets, many, strict=True):
+        np.testing.assert_array_equal(coeffs, shamir.lagrange_at_zero(points))

@@ -101,23 +101,83 @@ def _uniform_field(shape: tuple[int, ...]) -> U64Array:
 
 @functools.lru_cache(maxsize=4096)
 def lagrange_at_zero(points: tuple[int, ...]) -> U64Array:
-    """Lagrange coefficients l_i with f(0) = sum_i l_i f(x_i), for a set of holders (cached)."""
+    """Lagrange coefficients l_i with f(0) = sum_i l_i f(x_i), for a set of holders (cached).
+
+    l_i = prod_{j != i} x_j / (x_j - x_i). All denominators are inverted with one modular
+    exponentiation (Montgomery's batch inversion), so a set costs O(t^2) multiplications and a
+    single pow instead of t of them.
+    """
     xs = [int(x) % PRIME for x in points]
     if len(set(xs)) != len(xs) or 0 in xs:
         raise ValueError("evaluation points must be distinct and non-zero")
     n = len(xs)
-    x = np.asarray(xs, dtype=np.uint64)
-    # numerator_i = prod_{j != i} x_j ; denominator_i = prod_{j != i} (x_j - x_i)
-    diff = (x[None, :] + _P - x[:, None]) % _P  # diff[i, j] = x_j - x_i
-    np.fill_diagonal(diff, 1)
-    num = np.broadcast_to(x[None, :], (n, n)).copy()
-    np.fill_diagonal(num, 1)
-    numer = _prod_mod(num)
-    denom = _prod_mod(diff)
-    inv = np.asarray([pow(int(d), PRIME - 2, PRIME) for d in denom.tolist()], dtype=np.uint64)
-    coeffs = numer * inv % _P
+    if n <= 64:
+        numer, denom = [], []
+        for i, xi in enumerate(xs):
+            num = den = 1
+            for j, xj in enumerate(xs):
+                if j != i:
+                    num = num * xj % PRIME
+                    den = den * (xj - xi) % PRIME
+            numer.append(num)
+            denom.append(den)
+    else:
+        x = np.asarray(xs, dtype=np.uint64)
+        diff = (x[None, :] + _P - x[:, None]) % _P  # diff[i, j] = x_j - x_i
+        np.fill_diagonal(diff, 1)
+        num_matrix = np.broadcast_to(x[None, :], (n, n)).copy()
+        np.fill_diagonal(num_matrix, 1)
+        numer = _prod_mod(num_matrix).tolist()
+        denom = _prod_mod(diff).tolist()
+    inverses = _batch_inverse([int(d) for d in denom])
+    coeffs = np.asarray(
+        [int(a) * b % PRIME for a, b in zip(numer, inverses, strict=True)], dtype=np.uint64
+    )
     coeffs.setflags(write=False)
     return coeffs
+
+
+def lagrange_at_zero_many(point_sets: Sequence[tuple[int, ...]]) -> list[U64Array]:
+    """:func:`lagrange_at_zero` for many holder sets at once (the server's unmasking step with
+    a sparse graph has one set per party): the products of all sets of one size are computed in
+    a few whole-array passes and every denominator is inverted with a single pow."""
+    out: dict[tuple[int, ...], U64Array] = {}
+    todo = [p for p in dict.fromkeys(point_sets)]
+    by_size: dict[int, list[tuple[int, ...]]] = {}
+    for pts in todo:
+        if len(set(pts)) != len(pts) or any(x % PRIME == 0 for x in pts):
+            raise ValueError("evaluation points must be distinct and non-zero")
+        by_size.setdefault(len(pts), []).append(pts)
+    for size, sets in by_size.items():
+        x = np.asarray(sets, dtype=np.uint64) % _P  # (S, t)
+        eye = np.eye(size, dtype=bool)[None]
+        diff = (x[:, None, :] + _P - x[:, :, None]) % _P  # diff[s, i, j] = x_j - x_i
+        diff = np.where(eye, np.uint64(1), diff)
+        nums = np.where(eye, np.uint64(1), np.broadcast_to(x[:, None, :], diff.shape))
+        numer = _prod_mod(nums.reshape(-1, size)).reshape(len(sets), size)
+        denom = _prod_mod(diff.reshape(-1, size)).reshape(len(sets), size)
+        inverses = np.asarray(
+            _batch_inverse([int(d) for d in denom.ravel().tolist()]), dtype=np.uint64
+        )
+        coeffs = numer * inverses.reshape(denom.shape) % _P
+        for pts, row in zip(sets, coeffs, strict=True):
+            row = row.copy()
+            row.setflags(write=False)
+            out[pts] = row
+    return [out[p] for p in point_sets]
+
+
+def _batch_inverse(values: list[int]) -> list[int]:
+    """Modular inverses of non-zero values with one pow (Montgomery's trick)."""
+    prefix = [1]
+    for v in values:
+        prefix.append(prefix[-1] * v % PRIME)
+    inv = pow(prefix[-1], PRIME - 2, PRIME)
+    out = [0] * len(values)
+    for i in range(len(values) - 1, -1, -1):
+        out[i] = inv * prefix[i] % PRIME
+        inv = inv * values[i] % PRIME
+    return out
 
 
 def _prod_mod(matrix: U64Array) -> U64Array:

@@ -227,13 +227,19 @@ def _reconstruct_all(
     base = tuple(h + 1 for h in all_holders[: threshold + 1])
     base_set = set(base)
     out: dict[int, bytes] = {}
-    for holders, owners in groups.items():
+    plain_sets = []
+    for holders in groups:
         points = tuple(h + 1 for h in holders)
         missing = base_set - set(points)
-        if len(base) == threshold + 1 and len(missing) == 1 and set(points) <= base_set:
-            coeffs = shamir.lagrange_at_zero_excluding(base, missing.pop())
+        if not (len(base) == threshold + 1 and len(missing) == 1 and set(points) <= base_set):
+            plain_sets.append(points)
+    batched = dict(zip(plain_sets, shamir.lagrange_at_zero_many(plain_sets), strict=True))
+    for holders, owners in groups.items():
+        points = tuple(h + 1 for h in holders)
+        if points in batched:
+            coeffs = batched[points]
         else:
-            coeffs = shamir.lagrange_at_zero(points)
+            coeffs = shamir.lagrange_at_zero_excluding(base, (base_set - set(points)).pop())
         limbs = shamir.limbs_for(secret_bytes)
         blob = b"".join(shares[o][h] for h in holders for o in owners)
         matrix = np.frombuffer(blob, dtype=">u4").reshape(len(holders), len(owners), limbs)
