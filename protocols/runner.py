@@ -147,6 +147,7 @@ def write_report(out: Path, runs: dict[str, dict[str, Any]]) -> list[Path]:
     axes[0].legend()
     axes[1].set_xlabel("round")
     axes[1].set_ylabel("kB per party per round (up + down)")
+    axes[1].set_ylim(bottom=0)
     axes[1].grid(alpha=0.3)
     axes[1].legend()
     fig.tight_layout()

@@ -246,9 +246,8 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
             for name in ("fedavg", "centralized"):
                 if name != args.protocol:
                     say(f"baseline: {name}")
-                    runs[name] = runner.run(
-                        replace(options, protocol=name), progress=say, data=data
-                    )
+                    extra = runner.run(replace(options, protocol=name), progress=say, data=data)
+                    runs[name + (" (secure)" if extra["secure"] else "")] = extra
         written = runner.write_report(Path(args.out), runs)
         say("wrote " + ", ".join(str(p) for p in written))
     return result
