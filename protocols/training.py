@@ -119,3 +119,69 @@ def evaluate(model: nn.Module, x: npt.ArrayLike, y: npt.ArrayLike) -> dict[str, 
         "auc": roc_auc(z, labels),
         "loss": float(loss.mean()),
     }
+
+
+def local_train_dp_sgd(
+    model: nn.Module,
+    x: npt.ArrayLike,
+    y: npt.ArrayLike,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    noise_multiplier: float,
+    max_grad_norm: float,
+) -> tuple[int, float]:
+    """Train ``model`` in place with DP-SGD through Opacus (Poisson sampling, per-example
+    clipping to ``max_grad_norm``, Gaussian noise ``noise_multiplier * max_grad_norm``).
+
+    Opacus' noise comes from torch's generator: ``secure_mode`` needs torchcsprng, which does
+    not build for this torch, so this path is NOT hardened against the floating-point noise
+    attack (Mironov 2012) the way the distributed mode's integer noise is. Documented in
+    docs/dp.md; the caller warns.
+
+    Returns:
+        (optimizer steps taken, sampling rate), for the party's privacy accountant.
+    """
+    import copy
+    import warnings
+
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    xt, yt = _as_tensors(x, y)
+    n = xt.shape[0]
+    if n == 0 or epochs == 0:
+        return 0, 0.0
+    work = copy.deepcopy(model)  # Opacus hooks the module: train a copy, copy weights back
+    optimizer = torch.optim.SGD(work.parameters(), lr=lr)
+    loader = DataLoader(TensorDataset(xt, yt), batch_size=min(batch_size, n))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # secure_mode=False warning: documented above
+        engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+        private, optimizer, loader = engine.make_private(
+            module=work,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            poisson_sampling=True,
+        )
+    loss_fn = nn.BCEWithLogitsLoss()
+    steps = 0
+    private.train()
+    with warnings.catch_warnings():
+        # Opacus' backward hooks warn when inputs need no gradient (they never do here).
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(epochs):
+            for xb, yb in loader:
+                steps += 1  # an empty Poisson batch still counts as a step for the accountant
+                if xb.shape[0] == 0:
+                    continue
+                optimizer.zero_grad()
+                loss_fn(private(xb), yb).backward()
+                optimizer.step()
+    with torch.no_grad():
+        for dst, src in zip(model.parameters(), private._module.parameters(), strict=True):
+            dst.copy_(src)
+    return steps, batch_size / n
