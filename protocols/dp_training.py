@@ -150,49 +150,38 @@ def calibrate_step_noise(
     The modulus must hold the rotated noisy sum: after rotation each coordinate of the sum of
     ``rows`` clipped examples is about ||sum|| / sqrt(d) <= rows * scale / sqrt(d), and the noise
     adds a few sigma; 4x headroom on both keeps wrap-around improbable (modular clipping,
-    Kairouz et al. 2021, section 4).
+    Kairouz et al. 2021, section 4.4). The scale is walked down from fine resolution until that
+    holds; the noise is recalibrated for each candidate (Delta_2 grows with the scale).
 
     Returns:
         (the calibration, the epsilon it achieves after ``total_steps``).
     """
-    from secagg.dp.accounting import DEFAULT_ORDERS, eps_from_rdp, rdp_ddgauss
+    from secagg.dp.accounting import DEFAULT_ORDERS, calibrate_ddgauss, eps_from_rdp, rdp_ddgauss
     from secagg.dp.mechanisms import rounding_norm_bound
 
     assert options.epsilon is not None
     padded = 1 << max(0, (dim - 1).bit_length())
     half = 2.0 ** (options.bits - 1)
-
-    def epsilon_for(sigma2_total: float, l2: float) -> float:
-        l1 = min(l2 * l2, math.sqrt(padded) * l2)
-        rdp = rdp_ddgauss(l2, l1, sigma2_total / parties, parties, padded, DEFAULT_ORDERS)
-        return eps_from_rdp(np.asarray(rdp) * total_steps, DEFAULT_ORDERS, options.delta)[0]
-
-    # The scale is limited by the modulus; the noise grows with it (Delta_2 ~ scale): walk the
-    # scale down from fine resolution until the noisy rotated sum fits with headroom.
     scale = 4096.0
     while True:
         l2 = rounding_norm_bound(scale, padded, options.beta)
-        lo, hi = 1e-6 * l2 * l2, 1e8 * l2 * l2
-        if epsilon_for(hi, l2) > options.epsilon:
-            raise ValueError(f"epsilon {options.epsilon} is unreachable in {total_steps} steps")
-        for _ in range(60):  # bisection on the total variance, in log space
-            mid = math.sqrt(lo * hi)
-            if epsilon_for(mid, l2) > options.epsilon:
-                lo = mid
-            else:
-                hi = mid
-        if 4 * rows * scale / math.sqrt(padded) + 4 * math.sqrt(hi) <= half:
+        total = calibrate_ddgauss(
+            options.epsilon, options.delta, total_steps, 1.0, l2, None, parties, padded
+        )
+        if 4 * rows * scale / math.sqrt(padded) + 4 * math.sqrt(total) <= half:
             break
         scale *= 0.9
         if scale < 0.25:
             raise ValueError(
                 f"{options.bits} bits cannot hold a noisy sum of {rows} records: use more bits"
             )
-    sigma2 = Fraction(hi).limit_denominator(1000)
-    if sigma2 < hi:
-        sigma2 += Fraction(1, 1000)
-    noise = StepNoise(scale, l2, sigma2, parties, options.bits, padded)
-    return noise, epsilon_for(float(sigma2), l2)
+    # Round the per-party variance up to a multiple of 1/1024 (exact rational for the sampler).
+    per_party = Fraction(math.ceil(total / parties * 1024), 1024)
+    noise = StepNoise(scale, l2, per_party * parties, parties, options.bits, padded)
+    rdp = rdp_ddgauss(l2, None, float(per_party), parties, padded, DEFAULT_ORDERS)
+    return noise, float(
+        eps_from_rdp(total_steps * np.asarray(rdp), DEFAULT_ORDERS, options.delta)[0]
+    )
 
 
 @dataclass
@@ -223,14 +212,14 @@ class NoisyGradientTrainer:
     ) -> None:
         from secagg.dp.mechanisms import RandomizedHadamard
 
-        if options.mode not in ("distributed", "central"):
-            raise ValueError("NoisyGradientTrainer runs --dp distributed or central")
+        if options.mode not in ("distributed", "central", "both"):
+            raise ValueError("NoisyGradientTrainer runs --dp distributed, central or both")
         self.model = model
         self.parties = parties
         self.options = options
-        self.secure = options.mode == "distributed" and secure
-        if options.mode == "distributed" and not secure:
-            raise ValueError("--dp distributed needs secure aggregation (drop --no-secure)")
+        self.secure = options.mode in ("distributed", "both")
+        if self.secure and not secure:
+            raise ValueError(f"--dp {options.mode} needs secure aggregation (drop --no-secure)")
         self.dropout = dropout
         self.seed = seed
         n = len(parties)
@@ -241,7 +230,9 @@ class NoisyGradientTrainer:
             # per-party noise so that exactly that many contributions carry the target noise.
             expected = min(max(0.05, dropout), 0.3)
             self.threshold = graph.complete_parameters(n, expected, 0.05).t
-            noise_parties = self.threshold
+            # "both": every party's own contribution carries the whole noise, so it is DP by
+            # itself (against a server that sees it unmasked, or colludes with all others).
+            noise_parties = 1 if options.mode == "both" else self.threshold
         else:
             self.threshold = 0
             noise_parties = 1
@@ -259,9 +250,8 @@ class NoisyGradientTrainer:
         if self.steps_done == 0:
             return 0.0
         nz = self.noise
-        l1 = min(nz.l2_bound**2, math.sqrt(nz.padded_dim) * nz.l2_bound)
         rdp = rdp_ddgauss(
-            nz.l2_bound, l1, float(nz.sigma2_party), nz.parties, nz.padded_dim, DEFAULT_ORDERS
+            nz.l2_bound, None, float(nz.sigma2_party), nz.parties, nz.padded_dim, DEFAULT_ORDERS
         )
         return float(
             eps_from_rdp(np.asarray(rdp) * self.steps_done, DEFAULT_ORDERS, self.options.delta)[0]
@@ -290,9 +280,7 @@ class NoisyGradientTrainer:
                 modulus_bits=bits,
             )
             inputs = {
-                u: encoding.to_ring(
-                    c + discrete_gaussian(self.noise.sigma2_party, c.size), bits
-                )
+                u: encoding.to_ring(c + discrete_gaussian(self.noise.sigma2_party, c.size), bits)
                 for u, c in contributions.items()
             }
             outcome = aggregate_in_memory(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,10 @@ from protocols.datasets import (
     split_by_feature,
     split_parties,
 )
+from protocols.dp_training import DPOptions, NoisyGradientTrainer
+from protocols.models import make_model
 from protocols.parameter_parts.protocol import ParameterPartsTrainer, ProtocolSettings
+from protocols.training import evaluate
 
 PROTOCOLS = ("parameter-parts", "fedavg", "centralized")
 Progress = Callable[[str], None]
@@ -37,6 +41,7 @@ class TrainOptions:
     rounds: int = 20
     split: str = "iid"
     settings: ProtocolSettings = field(default_factory=ProtocolSettings)
+    dp: DPOptions = field(default_factory=DPOptions)
 
 
 def load_data(dataset: str, target: str | None, seed: int) -> TabularData:
@@ -80,13 +85,19 @@ def run(
             if progress:
                 progress(f"epoch {i}: accuracy {metrics['accuracy']:.4f}")
         secure = False
+    elif options.dp.noisy_steps:
+        secure = _run_noisy_steps(options, data, rounds, progress)
     else:
         settings = fedavg_settings(s) if options.protocol == "fedavg" else s
-        if options.split.startswith("feature:"):
-            # Non-IID by a categorical feature: each party gets whole groups (e.g. occupations).
-            rows = split_by_feature(data, options.split.split(":", 1)[1], options.parties, s.seed)
-        else:
-            rows = split_parties(data.y_train, options.parties, scheme=options.split, seed=s.seed)
+        if options.dp.mode == "local":
+            settings = replace(
+                settings,
+                local_dp_epsilon=options.dp.epsilon,
+                local_dp_delta=options.dp.delta,
+                local_dp_clip=options.dp.clip,
+                rounds_planned=options.rounds,
+            )
+        rows = _party_rows(options, data)
         trainer = ParameterPartsTrainer(data, rows, settings)
         for _ in range(options.rounds):
             report = trainer.run_round()
@@ -95,6 +106,7 @@ def run(
                 progress(
                     f"round {report.round}: accuracy {report.accuracy:.4f} auc {report.auc:.4f}"
                     f" upload {report.upload_bytes_mean / 1e3:.1f} kB"
+                    + (f" epsilon {rounds[-1]['epsilon']:.3f}" if "epsilon" in rounds[-1] else "")
                     + (f" ABORTED: {report.aborted}" if report.aborted else "")
                 )
         secure = settings.secure
@@ -103,7 +115,8 @@ def run(
         "protocol": options.protocol,
         "dataset": data.source,
         "secure": secure,
-        "dp": "none",
+        "dp": options.dp.mode,
+        "delta": options.dp.delta if options.dp.mode != "none" else None,
         "parties": options.parties if options.protocol != "centralized" else 1,
         "split": options.split,
         "settings": {k: v for k, v in s.__dict__.items()},
@@ -115,10 +128,74 @@ def run(
             "accuracy": last["accuracy"],
             "auc": last["auc"],
             "loss": last["loss"],
-            "epsilon": None,
+            "epsilon": last.get("epsilon"),
         },
         "seconds": time.perf_counter() - started,
     }
+
+
+def _party_rows(options: TrainOptions, data: TabularData) -> list[np.ndarray]:
+    seed = options.settings.seed
+    if options.split.startswith("feature:"):
+        # Non-IID by a categorical feature: each party gets whole groups (e.g. occupations).
+        return split_by_feature(data, options.split.split(":", 1)[1], options.parties, seed)
+    return split_parties(data.y_train, options.parties, scheme=options.split, seed=seed)
+
+
+def _run_noisy_steps(
+    options: TrainOptions,
+    data: TabularData,
+    rounds: list[dict[str, Any]],
+    progress: Progress | None,
+) -> bool:
+    """--dp distributed / central / both: noisy full-batch gradient steps (dp_training)."""
+    s = options.settings
+    if options.protocol == "centralized":
+        raise ValueError("--dp needs a federated protocol (parameter-parts or fedavg)")
+    rows = _party_rows(options, data)
+    parties = [(data.x_train[r], data.y_train[r]) for r in rows]
+    model = make_model(s.model, data.x_train.shape[1], seed=s.seed)
+    trainer = NoisyGradientTrainer(
+        model, parties, options.dp, options.rounds, secure=s.secure, dropout=s.dropout, seed=s.seed
+    )
+    n = len(parties)
+    for r in range(1, options.rounds + 1):
+        start = time.perf_counter()
+        gen = np.random.default_rng([s.seed, r, 7])
+        dropped = {int(u) for u in gen.permutation(n)[: round(s.dropout * n)]}
+        reports = [trainer.step(r, dropped) for _ in range(options.dp.steps_per_round)]
+        metrics = evaluate(model, data.x_test, data.y_test)
+        eps = trainer.epsilon()
+        rounds.append(
+            {
+                "round": r,
+                "accuracy": float(metrics["accuracy"]),
+                "auc": float(metrics["auc"]),
+                "loss": float(metrics["loss"]),
+                "epsilon": eps,
+                "survivors": reports[-1].survivors,
+                "upload_bytes_mean": float(np.mean([x.upload_bytes_mean for x in reports])),
+                "download_bytes_mean": float(np.mean([x.download_bytes_mean for x in reports])),
+                "seconds": time.perf_counter() - start,
+            }
+        )
+        if progress:
+            progress(
+                f"round {r}: accuracy {metrics['accuracy']:.4f} auc {metrics['auc']:.4f}"
+                f" epsilon {eps:.3f}"
+            )
+    nz = trainer.noise
+    rounds[-1]["noise"] = {
+        "mode": options.dp.mode,
+        "bits": nz.bits,
+        "scale": nz.scale,
+        "l2_sensitivity": nz.l2_bound,
+        "sigma2_total": float(nz.sigma2_total),
+        "noise_parties": nz.parties,
+        "noise_multiplier": math.sqrt(float(nz.sigma2_total)) / nz.l2_bound,
+        "steps": trainer.total_steps,
+    }
+    return trainer.secure
 
 
 def write_report(out: Path, runs: dict[str, dict[str, Any]]) -> list[Path]:

@@ -160,12 +160,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-secure", dest="secure", action="store_false")
     train.add_argument(
         "--dp",
-        choices=["none", "distributed", "local", "both"],
+        choices=["none", "distributed", "local", "both", "central"],
         default="none",
-        help="differential privacy (only 'none' in this version)",
+        help="record-level differential privacy: distributed (integer noise added by the parties"
+        " under secure aggregation), local (Opacus DP-SGD in each party), both (every party's"
+        " contribution carries the whole noise), central (the server adds the noise: reference)",
     )
-    train.add_argument("--epsilon", type=float, default=None)
-    train.add_argument("--delta", type=float, default=1e-5)
+    train.add_argument("--epsilon", type=float, default=None, help="target epsilon over the run")
+    train.add_argument("--delta", type=float, default=1e-5, help="target delta (1e-5)")
+    train.add_argument(
+        "--dp-clip", type=float, default=1.0, help="per-example L2 clip of a gradient (1.0)"
+    )
+    train.add_argument(
+        "--dp-bits", type=_positive, default=20, help="modulus bits of the noisy sum (20)"
+    )
+    train.add_argument(
+        "--dp-steps", type=_positive, default=2, help="noisy gradient steps per round (2)"
+    )
+    train.add_argument(
+        "--dp-lr", type=float, default=4.0, help="server step size of noisy steps (4.0)"
+    )
     train.add_argument("--model", choices=["logreg", "mlp"], default="logreg")
     train.add_argument(
         "--dropout",
@@ -203,8 +217,17 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         raise SecAggError(
             f"secagg train needs the 'train' extra (pip install 'secagg[train]'): {exc}"
         ) from None
-    if args.dp != "none":
-        raise SecAggError("differential privacy (--dp) is not available in this version yet")
+    from protocols.dp_training import DPOptions
+
+    dp = DPOptions(
+        mode=args.dp,
+        epsilon=args.epsilon,
+        delta=args.delta,
+        clip=args.dp_clip,
+        steps_per_round=args.dp_steps,
+        server_lr=args.dp_lr,
+        bits=args.dp_bits,
+    )
     settings = ProtocolSettings(
         model=args.model,
         download_fraction=args.download_fraction,
@@ -230,6 +253,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         rounds=args.rounds,
         split=args.split,
         settings=settings,
+        dp=dp,
     )
 
     def say(text: str) -> None:
@@ -301,7 +325,12 @@ def _print_human(command: str, report: dict[str, Any]) -> None:
         f = report["final"]
         print(
             f"{report['protocol']} on {report['dataset']}: final accuracy {f['accuracy']:.4f},"
-            f" AUC {f['auc']:.4f} ({len(report['rounds'])} rounds, {report['seconds']:.1f} s)",
+            f" AUC {f['auc']:.4f} ({len(report['rounds'])} rounds, {report['seconds']:.1f} s)"
+            + (
+                f", epsilon {f['epsilon']:.3f} at delta {report['delta']:g}"
+                if f.get("epsilon") is not None
+                else ""
+            ),
             file=sys.stderr,
         )
     else:

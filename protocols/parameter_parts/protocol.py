@@ -38,7 +38,13 @@ from protocols.datasets import TabularData
 from protocols.models import flat_parameters, make_model, parameter_layers, set_flat_parameters
 from protocols.parameter_parts.selection import select_parts
 from protocols.parameter_parts.upload import clip_values, upload_mask
-from protocols.training import evaluate, local_train
+from protocols.training import evaluate, local_train, local_train_dp_sgd
+from secagg.dp.accounting import (
+    DEFAULT_ORDERS,
+    RDPAccountant,
+    calibrate_noise_multiplier,
+    rdp_sampled_gaussian,
+)
 from secagg.errors import AbortedError
 
 RULES = ("mean", "mean_over_uploaders", "add")
@@ -65,6 +71,11 @@ class ProtocolSettings:
     dropout: float = 0.0
     value_bits: int = 20
     seed: int = 0
+    #: Local DP-SGD (Opacus): the target (epsilon, delta) of each party's records over the run.
+    local_dp_epsilon: float | None = None
+    local_dp_delta: float = 1e-5
+    local_dp_clip: float = 1.0
+    rounds_planned: int = 20
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -128,6 +139,29 @@ class ParameterPartsTrainer:
         for p in self.parties:
             p.model.load_state_dict(self.global_model.state_dict())
         self.round_index = 0
+        self._local_accountants = {p.index: RDPAccountant() for p in self.parties}
+        self._local_noise_cache: dict[int, float] = {}
+
+    def _local_noise(self, party: Party) -> float:
+        """Noise multiplier for the party's DP-SGD: calibrated once so that its records reach
+        (local_dp_epsilon, local_dp_delta) after all planned rounds (Poisson rate batch/rows)."""
+        s = self.settings
+        if party.index not in self._local_noise_cache:
+            assert s.local_dp_epsilon is not None
+            rows = len(party.y)
+            rate = min(1.0, s.batch_size / rows)
+            steps = s.rounds_planned * s.local_epochs * math.ceil(rows / s.batch_size)
+            self._local_noise_cache[party.index] = calibrate_noise_multiplier(
+                s.local_dp_epsilon, s.local_dp_delta, steps, q=rate
+            )
+        return self._local_noise_cache[party.index]
+
+    def local_epsilon(self) -> float | None:
+        """The largest epsilon any party's records have spent so far (local DP-SGD)."""
+        if self.settings.local_dp_epsilon is None:
+            return None
+        delta = self.settings.local_dp_delta
+        return max(a.get_epsilon(delta) for a in self._local_accountants.values())
 
     @property
     def num_params(self) -> int:
@@ -165,15 +199,31 @@ class ParameterPartsTrainer:
             local = flat_parameters(party.model).astype(np.float64)
             local[where] = global_vec[where]  # step 2: overwrite the part with server values
             set_flat_parameters(party.model, local.astype(np.float32))
-            local_train(
-                party.model,
-                party.x,
-                party.y,
-                epochs=s.local_epochs,
-                batch_size=s.batch_size,
-                lr=s.lr,
-                seed=s.seed * 100003 + self.round_index * 101 + party.index,
-            )
+            if s.local_dp_epsilon is not None:
+                steps, rate = local_train_dp_sgd(
+                    party.model,
+                    party.x,
+                    party.y,
+                    epochs=s.local_epochs,
+                    batch_size=s.batch_size,
+                    lr=s.lr,
+                    noise_multiplier=self._local_noise(party),
+                    max_grad_norm=s.local_dp_clip,
+                )
+                self._local_accountants[party.index].step(
+                    rdp_sampled_gaussian(rate, self._local_noise(party), DEFAULT_ORDERS),
+                    count=steps,
+                )
+            else:
+                local_train(
+                    party.model,
+                    party.x,
+                    party.y,
+                    epochs=s.local_epochs,
+                    batch_size=s.batch_size,
+                    lr=s.lr,
+                    seed=s.seed * 100003 + self.round_index * 101 + party.index,
+                )
             change = flat_parameters(party.model).astype(np.float64)[where] - local[where]
             change = clip_values(change, s.gamma)
             kept = upload_mask(change, s.upload_policy, s.upload_fraction, s.threshold_tau)
@@ -215,7 +265,8 @@ class ParameterPartsTrainer:
             part_fraction_mean=float(np.mean(part_sizes)) / self.num_params,
             seconds=time.perf_counter() - start,
             aborted=aborted,
-            extra={"payload_bytes_mean": float(np.mean(payloads)) if payloads else 0.0},
+            extra={"payload_bytes_mean": float(np.mean(payloads)) if payloads else 0.0}
+            | ({"epsilon": eps} if (eps := self.local_epsilon()) is not None else {}),
         )
 
     def _apply(self, outcome: AggregateOutcome, global_vec: np.ndarray) -> None:
