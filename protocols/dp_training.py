@@ -9,11 +9,11 @@ single record changes its probability by at most a factor e^epsilon (plus delta)
     norm ``clip``, rotates them with a public randomized Hadamard transform (flattening, so the
     modular sum rarely wraps), scales by 1/gamma, rounds each example conditionally (its L2 norm
     stays below a known bound Delta_2: one record moves the sum by at most that), sums, adds
-    **integer** discrete Gaussian noise of variance sigma^2_total / t, and submits the result,
-    modulo 2^B, to secure aggregation. t is the threshold: the fewest survivors for which the
-    server may learn a sum, so the decoded sum always carries at least sigma^2_total: dropouts
-    can never silently weaken the guarantee, and nobody, not even the server, sees an un-noised
-    sum.
+    **integer** discrete Gaussian noise of variance sigma^2_total / (t + 1), and submits the
+    result, modulo 2^B, to secure aggregation. t + 1 is the fewest survivors for which the server
+    may learn a sum (each survivor needs t surviving neighbours), so the decoded sum always
+    carries at least sigma^2_total: dropouts can never silently weaken the guarantee, and nobody,
+    not even the server, sees an un-noised sum.
 ``central``
     The reference: the same clipped, rounded sums go to the server in the clear and the server
     adds the whole noise once.
@@ -44,6 +44,7 @@ from torch.func import functional_call, grad, vmap
 from secagg import encoding, graph
 from secagg.config import RoundConfig
 from secagg.crypto import rng
+from secagg.dp.mechanisms import check_noise_floor
 from secagg.sim import DropoutScript, aggregate_in_memory
 
 DP_MODES = ("none", "distributed", "central", "local", "both")
@@ -226,13 +227,14 @@ class NoisyGradientTrainer:
         self.dim = sum(p.numel() for p in model.parameters())
         self.total_steps = rounds * options.steps_per_round
         if self.secure:
-            # The threshold is the fewest survivors whose sum the server may learn: calibrate the
-            # per-party noise so that exactly that many contributions carry the target noise.
+            # The fewest survivors whose sum the server may learn is t + 1 (every survivor needs
+            # t surviving neighbours holding its shares): calibrate the per-party noise so that
+            # exactly that many contributions carry the target noise.
             expected = min(max(0.05, dropout), 0.3)
             self.threshold = graph.complete_parameters(n, expected, 0.05).t
             # "both": every party's own contribution carries the whole noise, so it is DP by
             # itself (against a server that sees it unmasked, or colludes with all others).
-            noise_parties = 1 if options.mode == "both" else self.threshold
+            noise_parties = 1 if options.mode == "both" else self.threshold + 1
         else:
             self.threshold = 0
             noise_parties = 1
@@ -279,6 +281,7 @@ class NoisyGradientTrainer:
                 dim=self.noise.padded_dim,
                 modulus_bits=bits,
             )
+            check_noise_floor(config, self.noise.parties)
             inputs = {
                 u: encoding.to_ring(c + discrete_gaussian(self.noise.sigma2_party, c.size), bits)
                 for u, c in contributions.items()

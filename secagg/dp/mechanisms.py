@@ -38,6 +38,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
+from secagg.config import RoundConfig
 from secagg.crypto import prg, rng
 from secagg.dp import accounting
 from secagg.encoding import MAX_MODULUS_BITS, from_ring, reduce, to_ring, word_dtype
@@ -473,3 +474,33 @@ def sum_words(messages: Sequence[Words], bits: int) -> Words:
 def _check_rotation(params: DDGaussParams, rotation: RandomizedHadamard) -> None:
     if rotation.dim != params.dim:
         raise ConfigError(f"rotation is for dim {rotation.dim}, params for dim {params.dim}")
+
+
+def min_contributions(config: RoundConfig) -> int:
+    """The fewest inputs any sum revealed by this round can contain.
+
+    Whole-vector rounds: t + 1, because every survivor needs t surviving neighbours to hold the
+    shares of its self-mask seed (a party holds no share of its own secrets), so the server
+    aborts below t + 1 survivors. Part-wise rounds reveal one sum per block, of at least
+    ``min_holders`` surviving holders.
+    """
+    return config.blocks.min_holders if config.part_wise else config.threshold + 1
+
+
+def check_noise_floor(config: RoundConfig, noise_parties: int) -> None:
+    """Refuse a round whose released sums could carry less noise than calibrated.
+
+    Each party adds 1/``noise_parties`` of the target variance, so every sum the server can
+    learn must contain at least ``noise_parties`` contributions (:func:`min_contributions`).
+
+    Raises:
+        ConfigError: the round could reveal a sum of fewer contributions.
+    """
+    floor = min_contributions(config)
+    if floor < noise_parties:
+        raise ConfigError(
+            f"noise is calibrated for sums of at least {noise_parties} parties, but this round"
+            f" may reveal a sum of {floor} (threshold {config.threshold}"
+            + (f", min_holders {config.blocks.min_holders}" if config.part_wise else "")
+            + "): raise the threshold / min_holders or recalibrate the noise"
+        )
