@@ -34,24 +34,31 @@ def best_seconds(draw: Callable[[], npt.NDArray[np.int64]], reps: int) -> float:
     return best
 
 
+def table(n: int = 1_000_000, reps: int = 3) -> str:
+    """The markdown table of sampler speeds (``n`` samples each, best of ``reps``)."""
+    rows: list[tuple[str, str, float, float]] = []
+    for sigma2 in GAUSSIAN_SIGMA2:
+        secs = best_seconds(partial(discrete_gaussian, sigma2, n), reps)
+        rows.append(("discrete Gaussian (exact)", str(sigma2), float(sigma2), secs))
+    for var in SKELLAM_VARIANCE:
+        secs = best_seconds(partial(skellam, var / 2, n), reps)
+        rows.append(("Skellam (AES-CTR + PTRS)", str(var), float(var), secs))
+    lines = [
+        "| sampler | sigma2 | sigma | samples | seconds | samples/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, label, variance, secs in rows:
+        sigma = math.sqrt(variance)
+        lines.append(f"| {name} | {label} | {sigma:.4g} | {n:,} | {secs:.3f} | {n / secs:,.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Speed of the DP noise samplers.")
     parser.add_argument("--samples", type=int, default=1_000_000)
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args(argv)
-    n: int = args.samples
-    rows: list[tuple[str, str, float, float]] = []
-    for sigma2 in GAUSSIAN_SIGMA2:
-        secs = best_seconds(partial(discrete_gaussian, sigma2, n), args.reps)
-        rows.append(("discrete Gaussian (exact)", str(sigma2), float(sigma2), secs))
-    for var in SKELLAM_VARIANCE:
-        secs = best_seconds(partial(skellam, var / 2, n), args.reps)
-        rows.append(("Skellam (AES-CTR + PTRS)", str(var), float(var), secs))
-    print("| sampler | sigma2 | sigma | samples | seconds | samples/s |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name, label, variance, secs in rows:
-        sigma = math.sqrt(variance)
-        print(f"| {name} | {label} | {sigma:.4g} | {n:,} | {secs:.3f} | {n / secs:,.0f} |")
+    print(table(args.samples, args.reps))
 
 
 if __name__ == "__main__":
