@@ -21,7 +21,7 @@ from protocols.parameter_parts.selection import PartSelection
 from secagg import encoding, graph
 from secagg.config import RoundConfig
 from secagg.crypto import rng
-from secagg.layout import BlockLayout, concat_ranges
+from secagg.layout import BlockLayout
 from secagg.sim import DropoutScript, aggregate_in_memory
 
 FloatArray = npt.NDArray[np.float64]
@@ -67,16 +67,6 @@ class SecureSettings:
     active: bool = False
 
 
-def part_positions(selection: PartSelection, party: int) -> IntArray:
-    """Model coordinates of the party's part, in block order."""
-    offsets = np.concatenate([[0], np.cumsum(selection.block_sizes, dtype=np.int64)])
-    blocks = list(selection.holdings[party])
-    if not blocks:
-        return np.zeros(0, dtype=np.int64)
-    sizes = np.asarray([selection.block_sizes[b] for b in blocks], dtype=np.int64)
-    return concat_ranges(offsets[blocks], sizes)
-
-
 def _coordinate_holders(selection: PartSelection, survivors: set[int]) -> IntArray:
     counts = np.zeros(len(selection.block_sizes), dtype=np.int64)
     for u in survivors:
@@ -110,7 +100,7 @@ def aggregate_plain(
     uploaders = np.zeros(dim, dtype=np.int64)
     survivors = {u for u in updates if u not in dropped}
     for u in survivors:
-        where = part_positions(selection, u)
+        where = selection.party_indices(u)
         sums[where] += np.where(updates[u].uploaded, updates[u].values, 0.0)
         uploaders[where] += updates[u].uploaded
     uploads = {u: plain_upload_bytes(updates[u]) if u in survivors else 0 for u in updates}

@@ -20,7 +20,6 @@ from protocols.aggregation import (
     SecureSettings,
     aggregate_plain,
     aggregate_secure,
-    part_positions,
 )
 from protocols.parameter_parts.selection import select_parts
 from protocols.parameter_parts.upload import upload_mask
@@ -66,7 +65,7 @@ def test_secure_sums_equal_plaintext_sums_of_the_same_encoded_updates(
     scale = (2 ** (s.value_bits - 1) - 1) / s.clip
     updates = {}
     for u in range(parties):
-        size = part_positions(selection, u).size
+        size = selection.party_indices(u).size
         # Values on the encoder's grid: stochastic rounding is then exact, so the secure sums
         # must equal the plaintext sums bit for bit.
         values = gen.integers(-(2**15) + 1, 2**15 - 1, size=size) / scale
@@ -91,7 +90,7 @@ def test_secure_sums_equal_plaintext_sums_of_the_same_encoded_updates(
     if count_channel:
         np.testing.assert_array_equal(secure.uploaders, plain.uploaders)
     # Traffic follows the part: a bigger part never uploads a smaller masked vector.
-    sizes = {u: part_positions(selection, u).size for u in secure.survivors}
+    sizes = {u: selection.party_indices(u).size for u in secure.survivors}
     order = sorted(secure.survivors, key=lambda u: sizes[u])
     payloads = [secure.payload_bytes[u] for u in order]
     assert payloads == sorted(payloads)

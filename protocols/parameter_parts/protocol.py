@@ -32,7 +32,6 @@ from protocols.aggregation import (
     SecureSettings,
     aggregate_plain,
     aggregate_secure,
-    part_positions,
 )
 from protocols.datasets import TabularData
 from protocols.models import flat_parameters, make_model, parameter_layers, set_flat_parameters
@@ -195,7 +194,7 @@ class ParameterPartsTrainer:
         global_vec = flat_parameters(self.global_model).astype(np.float64)
         updates: dict[int, PartUpdate] = {}
         for party in self.parties:
-            where = part_positions(selection, party.index)
+            where = selection.party_indices(party.index)
             local = flat_parameters(party.model).astype(np.float64)
             local[where] = global_vec[where]  # step 2: overwrite the part with server values
             set_flat_parameters(party.model, local.astype(np.float32))
@@ -250,7 +249,7 @@ class ParameterPartsTrainer:
                 np.zeros(0), np.zeros(0, dtype=np.int64), None, (), {}, {}, aborted
             )
         metrics = evaluate(self.global_model, self.data.x_test, self.data.y_test)
-        part_sizes = [part_positions(selection, u).size for u in range(n)]
+        part_sizes = [selection.party_indices(u).size for u in range(n)]
         ups = [outcome.upload_bytes.get(u, 0) for u in range(n) if u not in dropped]
         payloads = [outcome.payload_bytes.get(u, 0) for u in range(n) if u not in dropped]
         downs = [outcome.download_bytes.get(u, 0) for u in range(n)]

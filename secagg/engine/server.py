@@ -243,16 +243,7 @@ class ServerEngine:
         self, recipients: tuple[int, ...], signatures: tuple[PartySignature, ...]
     ) -> list[Message]:
         cfg = self.config
-        entries = self._keys.entries
-        self._unmasker = Unmasker(
-            cfg,
-            self._survivors,
-            self._dropped,
-            self._peers,
-            {u: entries[u].mask_public for u in self._peers},
-            set(recipients),
-            self._router.commitments if self._router is not None else None,
-        )
+        self._unmasker = self._make_unmasker(set(recipients))
         self.state = ServerState.COLLECT_UNMASK
         return [
             wire.UnmaskRequest(
@@ -266,6 +257,18 @@ class ServerEngine:
             )
             for u in recipients
         ]
+
+    def _make_unmasker(self, expected: set[int]) -> Unmasker:
+        entries = self._keys.entries
+        return Unmasker(
+            self.config,
+            self._survivors,
+            self._dropped,
+            self._peers,
+            {u: entries[u].mask_public for u in self._peers},
+            expected,
+            self._router.commitments if self._router is not None else None,
+        )
 
     def _need(self, have: int, need: int, what: str) -> None:
         if have < need:
@@ -415,16 +418,7 @@ class ServerEngine:
         self._signatures = dict(state["signatures"])
         self._unmasker = None
         if state["unmask"] is not None:
-            entries = self._keys.entries
-            self._unmasker = Unmasker(
-                cfg,
-                self._survivors,
-                self._dropped,
-                self._peers,
-                {u: entries[u].mask_public for u in self._peers},
-                set(state["unmask"]["expected"]),
-                self._router.commitments if self._router is not None else None,
-            )
+            self._unmasker = self._make_unmasker(set(state["unmask"]["expected"]))
             self._unmasker.responders = set(state["unmask"]["responders"])
             for name in ("self_mask_shares", "mask_key_shares"):
                 store = getattr(self._unmasker, name)
