@@ -45,8 +45,13 @@ into ``FAILED`` for good, dropping its secrets.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
 
+from secagg.errors import LocalProtocolError, ProtocolError
 from secagg.messages import MessageType
+
+T = TypeVar("T")
 
 
 class ClientState(enum.Enum):
@@ -110,3 +115,19 @@ SERVER_ACCEPTS: dict[ServerState, MessageType] = {
     ServerState.COLLECT_SIGNATURES: MessageType.SURVIVOR_SIGNATURE,
     ServerState.COLLECT_UNMASK: MessageType.UNMASK_RESPONSE,
 }
+
+
+class GuardedEngine:
+    """What both engines share: every action runs under :meth:`_guard`, so any error, ours or
+    the peer's, ends in the terminal state through the engine's own :meth:`_fail`."""
+
+    def _fail(self, error: ProtocolError, cause: BaseException | None = None) -> NoReturn:
+        raise NotImplementedError  # pragma: no cover
+
+    def _guard(self, action: Callable[[], T]) -> T:
+        try:
+            return action()
+        except ProtocolError as exc:
+            self._fail(exc)
+        except Exception as exc:  # a bug is still a failure: never continue after it
+            self._fail(LocalProtocolError(f"internal error: {exc!r}"), cause=exc)

@@ -12,7 +12,6 @@ The host sends every returned message to ``message.recipient`` (always the serve
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
 import numpy as np
@@ -25,6 +24,7 @@ from secagg.engine._state import (
     CLIENT_TRANSITIONS_ACTIVE,
     CLIENT_TRANSITIONS_SEMI_HONEST,
     ClientState,
+    GuardedEngine,
 )
 from secagg.engine.advertise import (
     KeyAgreement,
@@ -40,7 +40,7 @@ T = TypeVar("T")
 STATE_VERSION = 1
 
 
-class ClientEngine:
+class ClientEngine(GuardedEngine):
     """One party's side of one secure aggregation round.
 
     Args:
@@ -206,14 +206,6 @@ class ClientEngine:
     def _require(self, state: ClientState, what: str) -> None:
         if self.state is not state:
             self._fail(LocalProtocolError(f"{what} is only legal in state {state.name}"))
-
-    def _guard(self, action: Callable[[], T]) -> T:
-        try:
-            return action()
-        except ProtocolError as exc:
-            self._fail(exc)
-        except Exception as exc:
-            self._fail(LocalProtocolError(f"internal error: {exc!r}"), cause=exc)
 
     def _fail(self, error: ProtocolError, cause: BaseException | None = None) -> NoReturn:
         if self.state is not ClientState.FAILED:

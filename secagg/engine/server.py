@@ -13,7 +13,6 @@ Each returned message goes to ``message.recipient``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
@@ -26,7 +25,7 @@ from secagg import messages as wire
 from secagg.config import RoundConfig
 from secagg.crypto import keys
 from secagg.engine import consistency
-from secagg.engine._state import SERVER_ACCEPTS, ServerState
+from secagg.engine._state import SERVER_ACCEPTS, GuardedEngine, ServerState
 from secagg.engine.advertise import KeyCollector
 from secagg.engine.masked_input import MaskedSum
 from secagg.engine.share_keys import ShareRouter
@@ -62,7 +61,7 @@ class AggregationResult:
         return encoding.from_ring(self.total, self.modulus_bits)
 
 
-class ServerEngine:
+class ServerEngine(GuardedEngine):
     """The server's side of one secure aggregation round.
 
     Args:
@@ -287,14 +286,6 @@ class ServerEngine:
         if msg.recipient != wire.SERVER or not 0 <= msg.sender < self.config.num_parties:
             raise RemoteProtocolError("message is not from a party of this round to the server")
         return msg
-
-    def _guard(self, action: Callable[[], T]) -> T:
-        try:
-            return action()
-        except ProtocolError as exc:
-            self._fail(exc)
-        except Exception as exc:
-            self._fail(LocalProtocolError(f"internal error: {exc!r}"), cause=exc)
 
     def _fail(self, error: ProtocolError, cause: BaseException | None = None) -> NoReturn:
         if self.state is not ServerState.FAILED:
