@@ -18,7 +18,7 @@ demo: $(VENV)/.installed
 	$(BIN)/secagg simulate --clients 100 --dim 100000 --dropout 0.1 --late-dropout 0.05 --active --json
 
 test: $(VENV)/.installed
-	$(BIN)/ruff check secagg protocols tests bench
+	$(BIN)/ruff check secagg protocols audits tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
 
