@@ -430,12 +430,17 @@ def aggregate_in_memory(
     script: DropoutScript | None = None,
     *,
     signing: Sequence[bytes] | None = None,
+    transcript: list[bytes] | None = None,
 ) -> InMemoryOutcome:
     """Run one secure aggregation round among the parties in ``inputs`` (the others are absent
     from the start), every message crossing as bytes, with optional scripted dropouts.
 
     This is the driver the FL protocols use in process. It raises what the server raises
     (:class:`~secagg.errors.AbortedError` when too few parties remain).
+
+    Args:
+        transcript: if given, every message the server receives is appended to it, as wire
+            bytes: the server's whole view of the round (the privacy audits attack it).
     """
     script = script or DropoutScript()
     server = ServerEngine(config)
@@ -453,6 +458,8 @@ def aggregate_in_memory(
         for m in outgoing:
             data = wire.encode(m)
             up[u] += len(data)
+            if transcript is not None:
+                transcript.append(data)
             if isinstance(m, wire.MaskedInput):
                 masked[u] += len(data)
             replies.extend(server.receive(data))
