@@ -206,7 +206,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --out: also run FedAvg and centralized baselines for the report",
     )
     train.set_defaults(handler=_train)
+
+    audit = sub.add_parser(
+        "audit",
+        help="attack the library's own transcripts and models, and write a report",
+        description="Run a privacy audit: server-view (what the server receives is uniform and "
+        "uncorrelated with the inputs), inversion (reconstructing records from updates), "
+        "collusion (the server with colluding parties, a lying server, thin blocks), dp "
+        "(empirical epsilon lower bounds against the accountant). Exit status 1 when the audit "
+        "fails.",
+    )
+    audit.add_argument("name", choices=["server-view", "inversion", "collusion", "dp"])
+    audit.add_argument("--out", default=None, help="directory for report.md, PNGs, summary.json")
+    audit.add_argument("--quick", action="store_true", help="small sizes (as in the test suite)")
+    audit.add_argument(
+        "--weaken",
+        default=None,
+        help="switch one safeguard off on purpose, to see the audit fail (see each audit)",
+    )
+    audit.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    audit.set_defaults(handler=_audit)
     return parser
+
+
+def _audit(args: argparse.Namespace) -> dict[str, Any]:
+    import importlib
+    from pathlib import Path
+
+    try:
+        module = importlib.import_module("audits." + args.name.replace("-", "_"))
+        from audits.report import clean
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise SecAggError(f"secagg audit needs the 'train' extra: {exc}") from None
+    out = Path(args.out) if args.out else None
+    summary: dict[str, Any] = module.run(quick=args.quick, out=out, weaken=args.weaken)
+    result: dict[str, Any] = clean(summary)
+    return result
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
@@ -320,6 +355,10 @@ def _print_human(command: str, report: dict[str, Any]) -> None:
             f"  download/party {r['bytes']['client_download_mean'] / 1e3:.1f} kB",
             f"  peak memory    {r['peak_memory_mb']:.0f} MB, wall {r['wall_seconds']:.1f} s",
         ]
+        print("\n".join(lines), file=sys.stderr)
+    elif command == "audit":
+        verdict = "PASSED" if report["passed"] else "FAILED"
+        lines = [f"audit {report['audit']}: {verdict}"] + [f"  - {f}" for f in report["findings"]]
         print("\n".join(lines), file=sys.stderr)
     elif command == "train":
         f = report["final"]

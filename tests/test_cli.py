@@ -58,7 +58,7 @@ def test_simulate_error_is_one_line_and_non_zero(capsys: pytest.CaptureFixture[s
     assert err.count("\n") == 1 and "error" in err
 
 
-@pytest.mark.parametrize("command", [[], ["simulate"], ["train"]])
+@pytest.mark.parametrize("command", [[], ["simulate"], ["train"], ["audit"]])
 def test_help_on_every_subcommand(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main([*command, "--help"])
