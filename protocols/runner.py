@@ -66,6 +66,9 @@ def run(
 ) -> dict[str, Any]:
     """One training run; returns the ``secagg train --json`` object."""
     s = options.settings
+    if options.protocol == "centralized" and options.dp.mode != "none":
+        # Never report a DP mode that was not applied.
+        raise ValueError("--dp needs a federated protocol (parameter-parts or fedavg)")
     torch.manual_seed(s.seed)
     torch.set_num_threads(1)
     data = data if data is not None else load_data(options.dataset, options.target, s.seed)

@@ -203,3 +203,9 @@ def test_local_dp_sgd_reports_epsilon(capsys: pytest.CaptureFixture[str]) -> Non
 def test_dp_needs_an_epsilon(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--dp", "distributed", "--json"]) == 2
     assert "epsilon" in capsys.readouterr().err
+
+
+def test_dp_is_never_silently_ignored(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["train", "--protocol", "centralized", "--dp", "distributed", "--epsilon", "2"]
+    assert main([*argv, "--json"]) == 2
+    assert "federated protocol" in capsys.readouterr().err
