@@ -305,7 +305,11 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
             for name in ("fedavg", "centralized"):
                 if name != args.protocol:
                     say(f"baseline: {name}")
-                    extra = runner.run(replace(options, protocol=name), progress=say, data=data)
+                    # The centralized reference trains without DP (it has no parties).
+                    base = replace(options, protocol=name)
+                    if name == "centralized":
+                        base = replace(base, dp=DPOptions())
+                    extra = runner.run(base, progress=say, data=data)
                     runs[name + (" (secure)" if extra["secure"] else "")] = extra
         written = runner.write_report(Path(args.out), runs)
         say("wrote " + ", ".join(str(p) for p in written))
