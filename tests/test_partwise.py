@@ -188,3 +188,34 @@ def test_party_refuses_an_unmask_request_that_would_reveal_a_thin_block() -> Non
     )
     with pytest.raises(RemoteProtocolError, match="min_holders"):
         client_unmask(config, 0, held, request, None)
+
+
+def test_non_holders_refuse_to_unmask_the_holders_of_a_thin_block() -> None:
+    """Found by the collusion audit: a malicious server asking the parties that do NOT hold a
+    thin block for its holders' self-mask shares must get nothing either."""
+    config = _partwise_config()
+    server = ServerEngine(config)
+    clients = {u: ClientEngine(config, u) for u in range(6)}
+    pending = []
+    for u, c in clients.items():
+        c.set_input(np.ones(config.input_length(u), dtype=np.uint16))
+        pending += [wire.encode(m) for m in c.start()]
+    for _ in range(2):  # keys, then shares
+        out = [m for d in pending for m in server.receive(d)]
+        pending = [
+            wire.encode(r) for m in out for r in clients[m.recipient].receive(wire.encode(m))
+        ]
+    # Party 4 holds only block 1 (alive everywhere), but would reveal b_0 and b_1, whose
+    # block 0 has only 2 surviving holders once party 2 is reported dropped.
+    held = clients[4]._held
+    assert held is not None
+    request = wire.UnmaskRequest(
+        config.session_id,
+        config.round_index,
+        wire.SERVER,
+        4,
+        survivors=(0, 1, 3, 4, 5),
+        dropped=(2,),
+    )
+    with pytest.raises(RemoteProtocolError, match="min_holders"):
+        client_unmask(config, 4, held, request, None)

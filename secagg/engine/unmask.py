@@ -95,11 +95,17 @@ def client_unmask(
             f"only {len(surviving_peers)} surviving neighbours, fewer than the threshold"
             f" {config.threshold}"
         )
-    weak = weak_blocks(config, party, survivors, set(surviving_peers))
-    if weak:
-        raise RemoteProtocolError(
-            f"blocks {weak[:5]} would be revealed for fewer than min_holders surviving holders"
-        )
+    # Part-wise: revealing b_w unmasks w's blocks in the sums, so check the blocks of every
+    # survivor whose self-mask share this party hands over, not only its own: otherwise a
+    # malicious server could collect a thin block's sum from parties that do not hold it.
+    for owner in (party, *surviving_peers):
+        owner_peers = survivors & set(config.neighbors(owner))
+        weak = weak_blocks(config, owner, survivors, owner_peers)
+        if weak:
+            raise RemoteProtocolError(
+                f"blocks {weak[:5]} of party {owner} would be revealed for fewer than"
+                " min_holders surviving holders"
+            )
     dropped_peers = sorted(peers & dropped)
     return UnmaskResponse(
         config.session_id,
