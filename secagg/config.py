@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import numpy as np
+
 from secagg.encoding import MAX_MODULUS_BITS
 from secagg.errors import ConfigError
 from secagg.graph import NeighborGraph
@@ -38,6 +40,8 @@ class RoundConfig:
         layout: part-wise aggregation (see :mod:`secagg.layout`): which blocks of the
             ``dim``-long model vector each party holds. ``None``: every party holds the whole
             vector (plain secure aggregation).
+        tolerated_colluders: in active mode, how many parties may collude with a malicious
+            server; enforced as 2t > neighbours + tolerated_colluders.
     """
 
     session_id: bytes
@@ -49,6 +53,7 @@ class RoundConfig:
     active: bool = False
     verify_keys: tuple[bytes, ...] | None = field(default=None, repr=False)
     layout: BlockLayout | None = field(default=None, repr=False)
+    tolerated_colluders: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.session_id, bytes) or len(self.session_id) != SESSION_ID_BYTES:
@@ -58,6 +63,7 @@ class RoundConfig:
         n = self.graph.n
         if n < 2:
             raise ConfigError("need at least 2 parties")
+        _validate_graph(self.graph)
         min_degree = min(len(nb) for nb in self.graph.neighbors)
         if not 2 <= self.threshold <= min_degree:
             # t = 1 would make every share the secret itself: one neighbour could unmask.
@@ -65,12 +71,25 @@ class RoundConfig:
                 f"threshold must be in [2, {min_degree}] (the smallest neighbourhood), got"
                 f" {self.threshold}"
             )
-        if self.active and 2 * self.threshold <= self.graph.degree:
+        if self.tolerated_colluders < 0:
+            raise ConfigError("tolerated_colluders must be non-negative")
+        if self.active and 2 * self.threshold <= self.graph.degree + self.tolerated_colluders:
             # A malicious server that tells some neighbours of v "v dropped" and others "v
-            # survived" gets t shares of both of v's secrets unless 2t > |N(v)| (Bonawitz et al.
-            # 2017, section 4; the consistency check alone only helps when t > |U3| / 2).
+            # survived" gets t shares of both of v's secrets unless 2t > |N(v)| + c, with c
+            # colluding neighbours counting towards both (Bonawitz et al. 2017, section 4; the
+            # consistency check alone only helps when t > |U3| / 2).
             raise ConfigError(
-                f"active mode needs 2 t > neighbours ({self.graph.degree}), got t={self.threshold}"
+                f"active mode needs 2 t > neighbours ({self.graph.degree}) + tolerated colluders"
+                f" ({self.tolerated_colluders}), got t={self.threshold}"
+            )
+        if self.active and self.part_wise:
+            # A malicious server can withhold share deliveries so that a party masks a block with
+            # fewer partners than its graph neighbours, and the parties revealing its self-mask
+            # share cannot see that (found in review). Until partner sets are signed and checked,
+            # part-wise aggregation is only offered in the semi-honest model.
+            raise ConfigError(
+                "part-wise aggregation is not available in active mode yet (partner sets are not"
+                " authenticated); use the semi-honest mode or whole-vector rounds"
             )
         if self.dim < 1:
             raise ConfigError("dim must be positive")
@@ -108,3 +127,21 @@ class RoundConfig:
     def input_length(self, party: int) -> int:
         """Length of ``party``'s input vector: ``dim``, or its blocks' total in part-wise mode."""
         return self.dim if not self.part_wise else self.blocks.input_length(party)
+
+
+def _validate_graph(graph: NeighborGraph) -> None:
+    """A hand-built graph must still be symmetric, loop-free and in range (a one-sided edge
+    would make one party refuse the other's shares and abort the round)."""
+    try:
+        if graph.kind == "complete":
+            rows = np.asarray(graph.neighbors, dtype=np.int64)
+            n = graph.n
+            expected = np.arange(n - 1)[None, :] + (
+                np.arange(n - 1)[None, :] >= np.arange(n)[:, None]
+            )
+            if rows.shape != (n, n - 1) or not np.array_equal(rows, expected):
+                raise ValueError("a complete graph must connect every pair of parties")
+        else:
+            graph.validate()
+    except ValueError as exc:
+        raise ConfigError(f"invalid neighbour graph: {exc}") from None

@@ -23,6 +23,8 @@ HOLDING = (
     "consistent_lie_keeps_self_mask",
     "active_refuses_split_view",
     "partwise_thin_block_refused",
+    "partwise_thin_block_not_revealed_by_non_holders",
+    "partwise_active_refused_by_config",
 )
 
 
