@@ -82,15 +82,6 @@ class RoundConfig:
                 f"active mode needs 2 t > neighbours ({self.graph.degree}) + tolerated colluders"
                 f" ({self.tolerated_colluders}), got t={self.threshold}"
             )
-        if self.active and self.part_wise:
-            # A malicious server can withhold share deliveries so that a party masks a block with
-            # fewer partners than its graph neighbours, and the parties revealing its self-mask
-            # share cannot see that (found in review). Until partner sets are signed and checked,
-            # part-wise aggregation is only offered in the semi-honest model.
-            raise ConfigError(
-                "part-wise aggregation is not available in active mode yet (partner sets are not"
-                " authenticated); use the semi-honest mode or whole-vector rounds"
-            )
         if self.dim < 1:
             raise ConfigError("dim must be positive")
         if not 2 <= self.modulus_bits <= MAX_MODULUS_BITS:

@@ -191,11 +191,18 @@ class MaskedInput(Message):
     modulus_bits: int = field(kw_only=True)
     count: int = field(kw_only=True)
     payload: bytes = field(kw_only=True, repr=False)
+    #: (Active mode) the neighbours the sender actually masked with, and its Ed25519 signature
+    #: over them: parties revealing its self-mask share check its blocks against this set.
+    peers: tuple[int, ...] = field(kw_only=True, default=())
+    peers_signature: bytes = field(kw_only=True, default=b"")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 2 <= self.modulus_bits <= 64 or self.count < 1:
             raise ValueError("bad modulus_bits or count")
+        _check_sorted_unique(self.peers, "peers")
+        if len(self.peers_signature) not in (0, SIGNATURE_BYTES):
+            raise ValueError("peers signature must be empty or 64 bytes")
         if len(self.payload) != (self.count * self.modulus_bits + 7) // 8:
             raise ValueError("payload length does not match count x modulus_bits")
 
@@ -237,6 +244,21 @@ class PartySignature:
 
 
 @dataclass(frozen=True)
+class PartnerSet:
+    """A party's signed set of masking partners (copied from its MaskedInput)."""
+
+    party: int
+    peers: tuple[int, ...]
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _check_party(self.party)
+        _check_sorted_unique(self.peers, "peers")
+        if len(self.signature) != SIGNATURE_BYTES:
+            raise ValueError("signature must be 64 bytes")
+
+
+@dataclass(frozen=True)
 class UnmaskRequest(Message):
     """Server -> party: who survived and who dropped (phase Unmasking).
 
@@ -247,12 +269,15 @@ class UnmaskRequest(Message):
     survivors: tuple[int, ...] = field(kw_only=True)
     dropped: tuple[int, ...] = field(kw_only=True)
     signatures: tuple[PartySignature, ...] = field(kw_only=True, default=())
+    #: (Active mode) the signed partner sets of the recipient's surviving neighbours.
+    partner_sets: tuple[PartnerSet, ...] = field(kw_only=True, default=())
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_sorted_unique(self.survivors, "survivors")
         _check_sorted_unique(self.dropped, "dropped")
         _check_sorted_unique([s.party for s in self.signatures], "signatures")
+        _check_sorted_unique([s.party for s in self.partner_sets], "partner sets")
 
 
 @dataclass(frozen=True)
@@ -443,6 +468,9 @@ def _write_body(w: _Writer, m: Message) -> None:
     elif isinstance(m, MaskedInput):
         w.u8(m.modulus_bits)
         w.u32(m.count)
+        w.ids(m.peers)
+        w.u8(len(m.peers_signature))
+        w.raw(m.peers_signature)
         w.raw(m.payload)
     elif isinstance(m, SurvivorList):
         w.ids(m.survivors)
@@ -455,6 +483,11 @@ def _write_body(w: _Writer, m: Message) -> None:
         for s in m.signatures:
             w.u32(s.party)
             w.raw(s.signature)
+        w.u32(len(m.partner_sets))
+        for p in m.partner_sets:
+            w.u32(p.party)
+            w.ids(p.peers)
+            w.raw(p.signature)
     elif isinstance(m, UnmaskResponse):
         w.records(m.self_mask_owners, m.self_mask_shares)
         w.records(m.mask_key_owners, m.mask_key_shares)
@@ -544,8 +577,20 @@ def _read_body(kind: MessageType, r: _Reader, head: tuple[bytes, int, int, int])
         return ShareDelivery(*head, senders=ids, ciphertexts=records)
     if kind is MessageType.MASKED_INPUT:
         bits, count = r.u8(), r.u32()
+        peers = r.ids()
+        sig_len = r.u8()
+        if sig_len not in (0, SIGNATURE_BYTES):
+            raise MessageDecodeError("bad signature length")
+        peers_signature = r.take(sig_len)
         size = (count * bits + 7) // 8
-        return MaskedInput(*head, modulus_bits=bits, count=count, payload=r.take(size))
+        return MaskedInput(
+            *head,
+            modulus_bits=bits,
+            count=count,
+            payload=r.take(size),
+            peers=peers,
+            peers_signature=peers_signature,
+        )
     if kind is MessageType.SURVIVOR_LIST:
         return SurvivorList(*head, survivors=r.ids())
     if kind is MessageType.SURVIVOR_SIGNATURE:
@@ -554,7 +599,17 @@ def _read_body(kind: MessageType, r: _Reader, head: tuple[bytes, int, int, int])
         survivors, dropped = r.ids(), r.ids()
         n = r.count(68)
         sigs = tuple(PartySignature(r.u32(), r.take(SIGNATURE_BYTES)) for _ in range(n))
-        return UnmaskRequest(*head, survivors=survivors, dropped=dropped, signatures=sigs)
+        m = r.count(72)
+        partner_sets = tuple(
+            PartnerSet(r.u32(), r.ids(), r.take(SIGNATURE_BYTES)) for _ in range(m)
+        )
+        return UnmaskRequest(
+            *head,
+            survivors=survivors,
+            dropped=dropped,
+            signatures=sigs,
+            partner_sets=partner_sets,
+        )
     if kind is MessageType.UNMASK_RESPONSE:
         self_owners, self_shares = r.records()
         key_owners, key_shares = r.records()

@@ -24,7 +24,6 @@ HOLDING = (
     "active_refuses_split_view",
     "partwise_thin_block_refused",
     "partwise_thin_block_not_revealed_by_non_holders",
-    "partwise_active_refused_by_config",
 )
 
 

@@ -171,18 +171,6 @@ def test_active_threshold_accounts_for_tolerated_colluders() -> None:
     _config(active=True, verify_keys=vks, threshold=4, tolerated_colluders=2)  # 8 > 4 + 2
 
 
-def test_active_part_wise_is_refused() -> None:
-    """Review finding: revealers cannot see a party's real partner set, so a malicious server
-    withholding share deliveries could isolate one holder of a block."""
-    from secagg.layout import BlockLayout
-
-    vks = tuple(bytes([i]) * 32 for i in range(5))
-    layout = BlockLayout((50, 50), ((0, 1), (0, 1), (0, 1), (1,), (1,)), min_holders=2)
-    with pytest.raises(ConfigError, match="part-wise"):
-        _config(active=True, verify_keys=vks, threshold=3, layout=layout)
-    _config(layout=layout)  # semi-honest part-wise is fine
-
-
 def test_asymmetric_graph_is_refused() -> None:
     one_sided = NeighborGraph(n=4, kind="harary", neighbors=((1, 2), (0, 2), (0, 1, 3), (1, 2)))
     with pytest.raises(ConfigError, match="graph"):

@@ -54,12 +54,31 @@ def unmask_request(
     survivors: tuple[int, ...],
     dropped: tuple[int, ...],
     signatures: tuple[wire.PartySignature, ...] = (),
+    partner_sets: tuple[wire.PartnerSet, ...] = (),
 ) -> bytes:
     """Wire bytes of an UnmaskRequest, built by hand when the dataclass would refuse it."""
     base = wire.UnmaskRequest(
         config.session_id, config.round_index, SERVER, party, survivors=(), dropped=()
     )
-    return wire.encode(forge(base, survivors=survivors, dropped=dropped, signatures=signatures))
+    return wire.encode(
+        forge(
+            base,
+            survivors=survivors,
+            dropped=dropped,
+            signatures=signatures,
+            partner_sets=partner_sets,
+        )
+    )
+
+
+def genuine_partner_sets(r: Router, party: int) -> tuple[wire.PartnerSet, ...]:
+    """The signed partner sets of ``party``'s neighbours, from their real masked inputs."""
+    masked = {m.sender: m for m in decoded(r.server_inbox, wire.MaskedInput)}
+    return tuple(
+        wire.PartnerSet(w, masked[w].peers, masked[w].peers_signature)
+        for w in r.config.neighbors(party)
+        if w in masked
+    )
 
 
 def survivor_list(config: RoundConfig, party: int, survivors: tuple[int, ...]) -> bytes:
@@ -354,8 +373,19 @@ def test_f_active_client_answers_the_honest_request(active_round: Router) -> Non
     assert signing is not None
     sigs = tuple(signature(cfg, signing, p, L) for p in (0, 1, 2))
     client = _signed(active_round)
-    (resp,) = client.receive(unmask_request(cfg, 0, L, (5,), sigs))
+    partners = genuine_partner_sets(active_round, 0)
+    (resp,) = client.receive(unmask_request(cfg, 0, L, (5,), sigs, partners))
     assert resp.self_mask_owners == (1, 2, 3, 4) and resp.mask_key_owners == (5,)
+
+
+def test_f_active_client_refuses_without_signed_partner_sets(active_round: Router) -> None:
+    """The same genuine request without its neighbours' signed partner sets is refused."""
+    cfg, signing = active_round.config, active_round.signing
+    assert signing is not None
+    sigs = tuple(signature(cfg, signing, p, L) for p in (0, 1, 2))
+    client = _signed(active_round)
+    with pytest.raises(RemoteProtocolError, match="partner set"):
+        client.receive(unmask_request(cfg, 0, L, (5,), sigs))
 
 
 def test_f_active_survivor_ids_outside_cohort_are_a_remote_error(active_round: Router) -> None:

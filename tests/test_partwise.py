@@ -219,3 +219,85 @@ def test_non_holders_refuse_to_unmask_the_holders_of_a_thin_block() -> None:
     )
     with pytest.raises(RemoteProtocolError, match="min_holders"):
         client_unmask(config, 4, held, request, None)
+
+
+def test_withheld_delivery_cannot_isolate_a_holder_in_active_mode() -> None:
+    """Found in review: a malicious server withholds the only co-holder's shares from a party,
+    so that party masks that block with nobody, then asks everyone else for its self-mask
+    share. The party signs its real partner set with its masked input, and every revealer
+    checks the owner's blocks against that signed set: nobody answers."""
+    from secagg.crypto import keys
+
+    n, t = 5, 3
+    signing = [keys.generate_ed25519() for _ in range(n)]
+    # Block 1 is held by parties 0 and 1 only (min_holders 2).
+    layout = BlockLayout((4, 4), ((0, 1), (0, 1), (0,), (0,), (0,)), min_holders=2)
+    config = RoundConfig(
+        session_id=rng.token_bytes(16),
+        round_index=0,
+        graph=complete_graph(n),
+        threshold=t,
+        dim=8,
+        modulus_bits=32,
+        active=True,
+        verify_keys=tuple(pub for _, pub in signing),
+        layout=layout,
+    )
+    clients = {u: ClientEngine(config, u, signing_key=signing[u][0]) for u in range(n)}
+    advertised = {}
+    for u, c in clients.items():
+        c.set_input(np.ones(config.input_length(u), dtype=np.uint32))
+        (advertised[u],) = c.start()
+
+    def to(u: int, **fields: object) -> dict[str, object]:
+        return {
+            "session_id": config.session_id,
+            "round_index": 0,
+            "sender": wire.SERVER,
+            "recipient": u,
+            **fields,
+        }
+
+    sealed = {}
+    for u, c in clients.items():
+        entries = tuple(advertised[v].keys for v in config.neighbors(u))
+        (sealed[u],) = c.receive(wire.KeyDirectory(**to(u, entries=entries)))
+    masked = {}
+    for v, c in clients.items():
+        senders, cts = [], []
+        for u in range(n):
+            if u == v or (v == 0 and u == 1):  # the attack: withhold 1 -> 0
+                continue
+            senders.append(u)
+            cts.append(sealed[u].ciphertexts[sealed[u].receivers.index(v)])
+        delivery = wire.ShareDelivery(**to(v, senders=tuple(senders), ciphertexts=tuple(cts)))
+        (masked[v],) = c.receive(delivery)
+    assert masked[0].peers == (2, 3, 4)  # party 0 signed the partners it really has
+    survivors = tuple(range(n))
+    signatures = []
+    for u, c in clients.items():
+        (sig,) = c.receive(wire.SurvivorList(**to(u, survivors=survivors)))
+        signatures.append(wire.PartySignature(u, sig.signature))
+    revealed_b0 = []
+    for u in range(1, n):
+        partner_sets = tuple(
+            wire.PartnerSet(w, masked[w].peers, masked[w].peers_signature)
+            for w in config.neighbors(u)
+        )
+        request = wire.UnmaskRequest(
+            **to(
+                u,
+                survivors=survivors,
+                dropped=(),
+                signatures=tuple(signatures),
+                partner_sets=partner_sets,
+            )
+        )
+        try:
+            (response,) = clients[u].receive(request)
+        except RemoteProtocolError as exc:
+            assert "min_holders" in str(exc)
+            continue
+        if 0 in response.self_mask_owners:
+            revealed_b0.append(u)
+    assert revealed_b0 == []

@@ -178,7 +178,7 @@ class ClientEngine(GuardedEngine):
         assert secrets and agreement and held and words is not None
         message = self._guard(
             lambda: masked_input.client_masked_input(
-                self.config, self.party, secrets, agreement, held, words
+                self.config, self.party, secrets, agreement, held, words, self._signing_key
             )
         )
         # s_u and b_u have done their job: only the neighbours' shares can recover them now.

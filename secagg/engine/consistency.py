@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from secagg.config import RoundConfig
 from secagg.crypto import keys
 from secagg.errors import RemoteProtocolError
-from secagg.messages import SERVER, PartySignature, SurvivorSignature
+from secagg.messages import SERVER, PartnerSet, PartySignature, SurvivorSignature
 
 
 def survivors_payload(config: RoundConfig, survivors: Sequence[int]) -> bytes:
@@ -66,3 +66,29 @@ def check_signatures(
             f"only {len(signatures)} survivor signatures, fewer than the threshold"
             f" {config.threshold}"
         )
+
+
+def partners_payload(config: RoundConfig, party: int, peers: Sequence[int]) -> bytes:
+    """What a party signs about its masking partners (the neighbours whose shares it received,
+    which the server's routing decided): revealers check its blocks against this set, so a
+    server that withheld deliveries cannot make them believe it masked with more parties."""
+    return (
+        b"secagg/v1/partners"
+        + config.session_id
+        + struct.pack(f">QII{len(peers)}I", config.round_index, party, len(peers), *peers)
+    )
+
+
+def verified_partners(config: RoundConfig, partner_set: PartnerSet) -> frozenset[int]:
+    """The partner set, after checking its signature.
+
+    Raises:
+        RemoteProtocolError: the party is out of range or the signature is invalid.
+    """
+    assert config.verify_keys is not None
+    if not 0 <= partner_set.party < config.num_parties:
+        raise RemoteProtocolError("partner set of a party outside this round")
+    payload = partners_payload(config, partner_set.party, partner_set.peers)
+    if not keys.verify(config.verify_keys[partner_set.party], partner_set.signature, payload):
+        raise RemoteProtocolError(f"invalid partner-set signature of party {partner_set.party}")
+    return frozenset(partner_set.peers)

@@ -9,6 +9,7 @@ from secagg import encoding
 from secagg.config import RoundConfig
 from secagg.crypto import keys, prg
 from secagg.engine.advertise import KeyAgreement, PartySecrets
+from secagg.engine.consistency import partners_payload
 from secagg.engine.masking import (
     MaskContext,
     add_block_mask,
@@ -57,6 +58,7 @@ def client_masked_input(
     agreement: KeyAgreement,
     held: HeldShares,
     words: npt.NDArray[np.unsignedinteger],
+    signing_key: bytes | None = None,
 ) -> MaskedInput:
     """Mask the (validated) input with the self mask and one pairwise mask per peer in U2."""
     ctx = mask_context(config)
@@ -80,6 +82,10 @@ def client_masked_input(
         add_block_mask(y, seed, layout, common, where, subtract=party > v, buffer=buffer)
     encoding.reduce(y, config.modulus_bits)
     payload = encoding.pack(y, config.modulus_bits)
+    signature = b""
+    if config.active:
+        assert signing_key is not None
+        signature = keys.sign(signing_key, partners_payload(config, party, peers))
     return MaskedInput(
         config.session_id,
         config.round_index,
@@ -88,15 +94,26 @@ def client_masked_input(
         modulus_bits=config.modulus_bits,
         count=y.size,
         payload=payload,
+        peers=tuple(peers) if config.active else (),
+        peers_signature=signature,
     )
 
 
 class MaskedSum:
     """Server side: adds masked inputs into one running sum as they arrive (no per-party copy)."""
 
-    def __init__(self, config: RoundConfig, expected: set[int]) -> None:
+    def __init__(
+        self,
+        config: RoundConfig,
+        expected: set[int],
+        peers: dict[int, tuple[int, ...]] | None = None,
+    ) -> None:
+        """``peers``: for each party in U2, the senders the server delivered to it (active mode
+        checks that the party's signed partner set is exactly that)."""
         self.config = config
         self.expected = expected
+        self.peers = peers or {}
+        self.partner_signatures: dict[int, bytes] = {}
         self.received: set[int] = set()
         self.total = np.zeros(config.dim, dtype=encoding.word_dtype(config.modulus_bits))
 
@@ -109,6 +126,13 @@ class MaskedSum:
         length = self.config.input_length(u)
         if message.modulus_bits != self.config.modulus_bits or message.count != length:
             raise RemoteProtocolError(f"masked input of party {u} has the wrong shape")
+        if self.config.active:
+            assert self.config.verify_keys is not None
+            if message.peers != self.peers.get(u, ()):
+                raise RemoteProtocolError(f"party {u} signed a partner set it was not given")
+            signed = partners_payload(self.config, u, message.peers)
+            if not keys.verify(self.config.verify_keys[u], message.peers_signature, signed):
+                raise RemoteProtocolError(f"invalid partner-set signature of party {u}")
         try:
             if self.config.part_wise:
                 words = encoding.unpack(message.payload, self.config.modulus_bits, length)
@@ -119,3 +143,5 @@ class MaskedSum:
         except EncodingError as exc:
             raise RemoteProtocolError(f"masked input of party {u}: {exc}") from None
         self.received.add(u)
+        if self.config.active:
+            self.partner_signatures[u] = message.peers_signature

@@ -184,7 +184,7 @@ class ServerEngine(GuardedEngine):
             self._need(len(self._router.sealed), t + 1, "parties shared keys")
             deliveries = self._router.deliveries()
             self._peers = {v: d.senders for v, d in deliveries.items()}
-            self._sum = MaskedSum(cfg, set(deliveries))
+            self._sum = MaskedSum(cfg, set(deliveries), self._peers)
             self.state = ServerState.COLLECT_MASKED_INPUTS
             return list(deliveries.values())
         if self.state is ServerState.COLLECT_MASKED_INPUTS:
@@ -244,6 +244,13 @@ class ServerEngine(GuardedEngine):
         cfg = self.config
         self._unmasker = self._make_unmasker(set(recipients))
         self.state = ServerState.COLLECT_UNMASK
+        partners: dict[int, wire.PartnerSet] = {}
+        if cfg.active:
+            # Each revealer gets the signed partner sets of its surviving neighbours: it checks
+            # their blocks against the parties they really masked with.
+            assert self._sum is not None
+            for w in self._survivors:
+                partners[w] = wire.PartnerSet(w, self._peers[w], self._sum.partner_signatures[w])
         return [
             wire.UnmaskRequest(
                 cfg.session_id,
@@ -253,6 +260,7 @@ class ServerEngine(GuardedEngine):
                 survivors=self._survivors,
                 dropped=self._dropped,
                 signatures=signatures,
+                partner_sets=tuple(partners[w] for w in cfg.neighbors(u) if w in partners),
             )
             for u in recipients
         ]
@@ -345,6 +353,7 @@ class ServerEngine(GuardedEngine):
                 "expected": sorted(total.expected),
                 "received": sorted(total.received),
                 "total": total.total.tobytes(),
+                "partner_signatures": dict(total.partner_signatures),
             },
             "survivors": list(self._survivors),
             "dropped": list(self._dropped),
@@ -401,8 +410,11 @@ class ServerEngine(GuardedEngine):
         self._peers = {int(u): tuple(v) for u, v in state["peers"].items()}
         self._sum = None
         if state["sum"] is not None:
-            self._sum = MaskedSum(cfg, set(state["sum"]["expected"]))
+            self._sum = MaskedSum(cfg, set(state["sum"]["expected"]), self._peers)
             self._sum.received = set(state["sum"]["received"])
+            self._sum.partner_signatures = {
+                int(u): bytes(v) for u, v in state["sum"]["partner_signatures"].items()
+            }
             self._sum.total = np.frombuffer(state["sum"]["total"], dtype=dtype).copy()
         self._survivors = tuple(state["survivors"])
         self._dropped = tuple(state["dropped"])

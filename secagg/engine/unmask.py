@@ -98,8 +98,23 @@ def client_unmask(
     # Part-wise: revealing b_w unmasks w's blocks in the sums, so check the blocks of every
     # survivor whose self-mask share this party hands over, not only its own: otherwise a
     # malicious server could collect a thin block's sum from parties that do not hold it.
+    # In active mode the partners are the ones each owner signed (the server's routing decided
+    # them, so the graph says nothing): a server that withheld deliveries to isolate an owner on
+    # a block is caught here. Semi-honest servers route as the protocol says.
+    signed = {p.party: p for p in request.partner_sets}
     for owner in (party, *surviving_peers):
-        owner_peers = survivors & set(config.neighbors(owner))
+        if owner == party:
+            owner_peers = set(surviving_peers)
+        elif config.active:
+            if owner not in signed:
+                raise RemoteProtocolError(f"no signed partner set for party {owner}")
+            owner_peers = survivors & consistency.verified_partners(config, signed[owner])
+            if len(owner_peers) < config.threshold:
+                raise RemoteProtocolError(
+                    f"party {owner} masked with only {len(owner_peers)} surviving partners"
+                )
+        else:
+            owner_peers = survivors & set(config.neighbors(owner))
         weak = weak_blocks(config, owner, survivors, owner_peers)
         if weak:
             raise RemoteProtocolError(
