@@ -17,6 +17,7 @@ from secagg import messages as wire
 from secagg.config import RoundConfig
 from secagg.crypto import prg, rng
 from secagg.engine import ClientEngine, ServerEngine
+from secagg.engine.share_keys import HeldShares
 from secagg.engine.unmask import client_unmask
 from secagg.errors import AbortedError, ConfigError, ProtocolError, RemoteProtocolError
 from secagg.graph import complete_graph, harary_graph
@@ -162,9 +163,8 @@ def test_server_refuses_to_unmask_a_block_below_min_holders() -> None:
         aggregate_in_memory(config, inputs, DropoutScript({2: "masked_input"}))
 
 
-def test_party_refuses_an_unmask_request_that_would_reveal_a_thin_block() -> None:
-    """Even if a (malicious) server asks anyway, a holder of the thin block reveals nothing."""
-    config = _partwise_config()
+def _held_shares_after_share_keys(config: RoundConfig, party: int) -> HeldShares:
+    """Drive a round of 6 parties through ShareKeys; return what ``party`` holds."""
     server = ServerEngine(config)
     clients = {u: ClientEngine(config, u) for u in range(6)}
     pending = []
@@ -176,49 +176,39 @@ def test_party_refuses_an_unmask_request_that_would_reveal_a_thin_block() -> Non
         pending = [
             wire.encode(r) for m in out for r in clients[m.recipient].receive(wire.encode(m))
         ]
-    held = clients[0]._held
+    held = clients[party]._held
     assert held is not None
-    request = wire.UnmaskRequest(
+    return held
+
+
+def _thin_block_request(config: RoundConfig, party: int) -> wire.UnmaskRequest:
+    """Party 2 reported dropped: block 0 keeps only 2 < min_holders surviving holders."""
+    return wire.UnmaskRequest(
         config.session_id,
         config.round_index,
         wire.SERVER,
-        0,
+        party,
         survivors=(0, 1, 3, 4, 5),
         dropped=(2,),
     )
+
+
+def test_party_refuses_an_unmask_request_that_would_reveal_a_thin_block() -> None:
+    """Even if a (malicious) server asks anyway, a holder of the thin block reveals nothing."""
+    config = _partwise_config()
+    held = _held_shares_after_share_keys(config, 0)
     with pytest.raises(RemoteProtocolError, match="min_holders"):
-        client_unmask(config, 0, held, request, None)
+        client_unmask(config, 0, held, _thin_block_request(config, 0), None)
 
 
 def test_non_holders_refuse_to_unmask_the_holders_of_a_thin_block() -> None:
     """Found by the collusion audit: a malicious server asking the parties that do NOT hold a
-    thin block for its holders' self-mask shares must get nothing either."""
+    thin block for its holders' self-mask shares must get nothing either. Party 4 holds only
+    block 1, but would reveal b_0 and b_1, whose block 0 is thin."""
     config = _partwise_config()
-    server = ServerEngine(config)
-    clients = {u: ClientEngine(config, u) for u in range(6)}
-    pending = []
-    for u, c in clients.items():
-        c.set_input(np.ones(config.input_length(u), dtype=np.uint16))
-        pending += [wire.encode(m) for m in c.start()]
-    for _ in range(2):  # keys, then shares
-        out = [m for d in pending for m in server.receive(d)]
-        pending = [
-            wire.encode(r) for m in out for r in clients[m.recipient].receive(wire.encode(m))
-        ]
-    # Party 4 holds only block 1 (alive everywhere), but would reveal b_0 and b_1, whose
-    # block 0 has only 2 surviving holders once party 2 is reported dropped.
-    held = clients[4]._held
-    assert held is not None
-    request = wire.UnmaskRequest(
-        config.session_id,
-        config.round_index,
-        wire.SERVER,
-        4,
-        survivors=(0, 1, 3, 4, 5),
-        dropped=(2,),
-    )
+    held = _held_shares_after_share_keys(config, 4)
     with pytest.raises(RemoteProtocolError, match="min_holders"):
-        client_unmask(config, 4, held, request, None)
+        client_unmask(config, 4, held, _thin_block_request(config, 4), None)
 
 
 def test_withheld_delivery_cannot_isolate_a_holder_in_active_mode() -> None:

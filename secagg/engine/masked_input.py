@@ -66,9 +66,8 @@ def client_masked_input(
     y = words  # owned copy from check_input: masked in place
     buffer = prg.KeystreamBuffer()
     mine = layout.holdings[party] if layout is not None else ()
-    everything = np.arange(y.size) if layout is not None else None
     self_seed = self_mask_stream_seed(ctx, held.self_mask_seed, party)
-    add_block_mask(y, self_seed, layout, mine, everything, buffer=buffer)
+    add_block_mask(y, self_seed, layout, mine, None, buffer=buffer)
     peers = held.peers
     shared = keys.x25519_shared_secrets(
         secrets.mask_private, [agreement.neighbors[v].mask_public for v in peers]

@@ -42,16 +42,22 @@ def add_block_mask(
     buffer: prg.KeystreamBuffer | None = None,
 ) -> None:
     """Add (or subtract) the mask PRG(seed, b) of every block b in ``blocks`` at ``positions``
-    of ``target``. Without a layout the single block covers all of ``target`` (fast path: the
-    keystream goes straight into a reused buffer)."""
+    of ``target`` (``None``: the blocks cover all of ``target``, in order). Without a layout the
+    single block covers all of ``target`` (fast path: the keystream goes straight into a reused
+    buffer)."""
     if layout is None:
         prg.add_mask(target, seed, subtract=subtract, buffer=buffer)
         return
     if not blocks:
         return
-    assert positions is not None
     sizes = [layout.block_sizes[b] for b in blocks]
     mask = prg.expand_blocks(seed, blocks, sizes, target.dtype)
+    if positions is None:  # the blocks cover all of ``target`` (a party's own vector)
+        if subtract:
+            np.subtract(target, mask, out=target)
+        else:
+            np.add(target, mask, out=target)
+        return
     # positions are distinct, so fancy-indexed in-place arithmetic is exact.
     if subtract:
         target[positions] -= mask
