@@ -37,6 +37,7 @@ KIND_COMPLETE = "complete"
 KIND_HARARY = "harary"
 _KINDS = (KIND_COMPLETE, KIND_HARARY)
 _MAGIC = b"secagg/v1/graph\x00"
+_RING_KIND = 2  # wire kind of a Harary graph sent as its ring order
 
 # Upper bounds on the statistical parameters: keeps every tail probability representable in a
 # float64 (2^-257 / 10^9 is far above the smallest normal double).
@@ -124,11 +125,19 @@ def secure_permutation(n: int, seed: bytes) -> npt.NDArray[np.int64]:
 
 @dataclass(frozen=True)
 class NeighborGraph:
-    """An undirected graph on parties 0..n-1, as sorted adjacency tuples (no self loops)."""
+    """An undirected graph on parties 0..n-1, as sorted adjacency tuples (no self loops).
+
+    ``ring`` (Harary graphs built by :func:`harary_graph`): ``ring[p]`` is the party at ring
+    position p, and every party is joined to the ``degree // 2`` nearest positions on each side.
+    The active mode's argument that at most one group of parties can ever be unmasked relies on
+    this ring structure (docs/protocol.md, "Active security on sparse graphs"), so ``validate``
+    checks that the adjacency really is that circulant graph.
+    """
 
     n: int
     kind: str  # "complete" or "harary"
     neighbors: tuple[tuple[int, ...], ...]
+    ring: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         # Cheap structural checks only; ``validate`` does the O(n k log k) ones.
@@ -136,6 +145,14 @@ class NeighborGraph:
             raise ValueError(f"unknown graph kind {self.kind!r}, expected one of {_KINDS}")
         if self.n < 1 or len(self.neighbors) != self.n:
             raise ValueError("graph must have n >= 1 and one neighbour list per party")
+        if self.ring is not None and (self.kind != KIND_HARARY or len(self.ring) != self.n):
+            raise ValueError("a ring order belongs to a Harary graph and lists every party once")
+
+    @property
+    def ring_half_width(self) -> int | None:
+        """h = k/2 for a Harary graph with a known ring order (neighbours are the h nearest ring
+        positions on each side), else None."""
+        return None if self.ring is None else self.degree // 2
 
     @property
     def degree(self) -> int:
@@ -164,13 +181,24 @@ class NeighborGraph:
                     raise ValueError(f"edge {u}-{v} is not symmetric")
         if self.kind == KIND_COMPLETE and any(len(r) != self.n - 1 for r in self.neighbors):
             raise ValueError("a complete graph must connect every pair of parties")
+        if self.ring is not None:
+            ring = np.asarray(self.ring, dtype=np.int64)
+            if not np.array_equal(np.sort(ring), np.arange(self.n)):
+                raise ValueError("the ring order is not a permutation of the parties")
+            expected = _circulant_rows(ring, self.degree)
+            if expected != self.neighbors:
+                raise ValueError("the neighbours are not the Harary graph of the ring order")
 
     def to_bytes(self) -> bytes:
         """Canonical encoding (for binding the graph into transcripts / signatures).
 
         ``magic | kind (u8) | n (u32)``, then for a Harary graph, per party: ``count (u32)`` and
         the sorted neighbour ids (u32 each), all big-endian. A complete graph is the header only.
+        A Harary graph with a ring order is kind 2: ``k (u32)`` and the ring (n u32).
         """
+        if self.ring is not None:
+            head = struct.pack(">BII", _RING_KIND, self.n, self.degree)
+            return _MAGIC + head + np.asarray(self.ring, dtype=">u4").tobytes()
         out = [_MAGIC, struct.pack(">BI", _KINDS.index(self.kind), self.n)]
         if self.kind == KIND_HARARY:
             for row in self.neighbors:
@@ -184,6 +212,16 @@ class NeighborGraph:
         if len(data) < head or not data.startswith(_MAGIC):
             raise ValueError("not an encoded neighbour graph")
         kind_index, n = struct.unpack_from(">BI", data, len(_MAGIC))
+        if kind_index == _RING_KIND:
+            if len(data) != head + 4 + 4 * n:
+                raise ValueError("truncated or oversized ring-ordered Harary graph")
+            (k,) = struct.unpack_from(">I", data, head)
+            ring = np.frombuffer(data, dtype=">u4", offset=head + 4).astype(np.int64)
+            if n < 2 or k < 2 or k % 2 or k >= n - 1:
+                raise ValueError("invalid degree in ring-ordered Harary graph")
+            if not np.array_equal(np.sort(ring), np.arange(n)):
+                raise ValueError("the ring order is not a permutation of the parties")
+            return _ring_graph(ring, k)
         if kind_index >= len(_KINDS):
             raise ValueError("unknown graph kind in encoding")
         if _KINDS[kind_index] == KIND_COMPLETE:
@@ -237,6 +275,13 @@ def harary_graph(n: int, k: int, seed: bytes) -> NeighborGraph:
     if k >= n - 1:
         return complete_graph(n)
     ring = secure_permutation(n, seed)  # ring[p] = party at ring position p
+    return _ring_graph(ring, k)
+
+
+def _circulant_rows(ring: npt.NDArray[np.int64], k: int) -> tuple[tuple[int, ...], ...]:
+    """Sorted neighbour rows of the circulant graph: each party joined to the k/2 nearest ring
+    positions on either side."""
+    n = len(ring)
     position = np.empty(n, dtype=np.int64)
     position[ring] = np.arange(n, dtype=np.int64)
     half = k // 2
@@ -244,8 +289,12 @@ def harary_graph(n: int, k: int, seed: bytes) -> NeighborGraph:
     offsets = np.concatenate((np.arange(-half, 0), np.arange(1, half + 1)))
     adjacency = ring[(position[:, None] + offsets[None, :]) % n]
     adjacency.sort(axis=1)
-    rows = tuple(tuple(row) for row in adjacency.tolist())
-    return NeighborGraph(n=n, kind=KIND_HARARY, neighbors=rows)
+    return tuple(tuple(row) for row in adjacency.tolist())
+
+
+def _ring_graph(ring: npt.NDArray[np.int64], k: int) -> NeighborGraph:
+    rows = _circulant_rows(ring, k)
+    return NeighborGraph(n=len(ring), kind=KIND_HARARY, neighbors=rows, ring=tuple(ring.tolist()))
 
 
 # ---------------------------------------------------------------------------------------------
