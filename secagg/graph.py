@@ -326,12 +326,20 @@ def _check_inputs(n: int, dropout_rate: float, corruption_rate: float) -> None:
             raise ValueError(f"{name} must be in [0, 1), got {rate!r}")
 
 
-def _count(rate: float, n: int) -> int:
-    """floor(rate * n), robust to the float error of e.g. 0.29 * 100 = 28.999...96.
+def count_at_rate(rate: float, n: int) -> int:
+    """The number of parties a rate stands for: floor(rate * n).
 
-    The tiny relative nudge rounds in the conservative direction (more dropouts / corruptions).
+    The one definition of "a dropout (or corruption) rate" in the library: the (k, t) finders
+    plan for exactly this many dropouts and corruptions, and the simulator drops exactly this
+    many parties, so what a user asks for is what the parameters tolerate. Floor, as Google's
+    production finder does (its published (k, t) values depend on it). Robust to the float
+    error of e.g. 0.29 * 100 = 28.999...96: the tiny relative nudge rounds in the conservative
+    direction (more dropouts / corruptions).
     """
     return min(n, math.floor(rate * n * (1.0 + 1e-12)))
+
+
+_count = count_at_rate
 
 
 def _log_hypergeom_pmf(N: int, M: int, k: int) -> tuple[int, npt.NDArray[np.float64]]:

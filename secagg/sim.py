@@ -395,14 +395,17 @@ def run_round(
 def scripted_dropouts(
     clients: int, dropout: float, late_dropout: float, seed: int
 ) -> DropoutScript:
-    """``dropout`` of the parties stop after ShareKeys (before sending their masked input),
-    ``late_dropout`` of the others stop during unmasking. Drawn from the simulation seed."""
+    """``floor(dropout * clients)`` parties stop after ShareKeys (before sending their masked
+    input), ``floor(late_dropout * clients)`` others stop during unmasking (see
+    :func:`secagg.graph.count_at_rate`). Who drops is drawn from the simulation seed."""
     if not (0 <= dropout < 1 and 0 <= late_dropout < 1 and dropout + late_dropout < 1):
         raise ConfigError("dropout fractions must be in [0, 1) and sum below 1")
     gen = np.random.default_rng([seed, 2**31])
     order = gen.permutation(clients)
-    early = round(dropout * clients)
-    late = round(late_dropout * clients)
+    # The same count the (k, t) finder plans for (graph.count_at_rate), so that a rate the
+    # parameters were chosen for never drops one party more than they tolerate.
+    early = graph.count_at_rate(dropout, clients)
+    late = graph.count_at_rate(late_dropout, clients)
     drops = {int(u): "masked_input" for u in order[:early]}
     drops.update({int(u): "unmask" for u in order[early : early + late]})
     return DropoutScript(drops)
