@@ -1,0 +1,36 @@
+"""secagg inside Flower 1.42: drop-ins for Flower's SecAgg+ and SecAgg.
+
+Switching an existing Flower app is an import change::
+
+    # from flwr.client.mod import secaggplus_mod
+    # from flwr.server.workflow import SecAggPlusWorkflow
+    from secagg.flower import secaggplus_mod, SecAggPlusWorkflow
+
+Needs the ``flower`` extra (``pip install 'secagg[flower]'``); the engine itself never imports
+Flower. See docs/flower.md for what differs from Flower's implementation and why.
+"""
+
+from secagg.flower._compat import ClientPolicy, PolicyError
+from secagg.flower.mod import make_secaggplus_mod, secagg_mod, secaggplus_mod
+from secagg.flower.quantization import FlowerQuantizer
+from secagg.flower.records import NamespaceError
+from secagg.flower.workflow import (
+    DEFAULT_STAGE_TIMEOUT,
+    RoundReport,
+    SecAggPlusWorkflow,
+    SecAggWorkflow,
+)
+
+__all__ = [
+    "DEFAULT_STAGE_TIMEOUT",
+    "ClientPolicy",
+    "FlowerQuantizer",
+    "NamespaceError",
+    "PolicyError",
+    "RoundReport",
+    "SecAggPlusWorkflow",
+    "SecAggWorkflow",
+    "make_secaggplus_mod",
+    "secagg_mod",
+    "secaggplus_mod",
+]

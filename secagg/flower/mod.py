@@ -1,0 +1,262 @@
+"""The ClientApp side: ``secaggplus_mod`` / ``secagg_mod``, drop-ins for Flower's mods.
+
+A Flower mod is ``(message, context, call_next) -> message``. This one hosts a sans-I/O
+:class:`~secagg.engine.ClientEngine`: each train message of a secagg round carries the engine's
+wire message for this node; the mod feeds it to the engine, persists the engine in
+``context.state`` (Flower keeps a node's context between messages, in simulation and in
+deployment) and replies with the engine's answer. ``call_next`` (the user's training) runs only
+at the masked-vector stage; its FitRes is quantised exactly as Flower does
+(:mod:`secagg.flower.quantization`) and only the masked vector leaves the node.
+
+Any refusal raises a typed :class:`~secagg.errors.SecAggError`; Flower turns a ClientApp
+exception into an error reply, which the server treats as this node dropping out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from secagg import messages as wire
+from secagg.config import RoundConfig
+from secagg.engine import ClientEngine
+from secagg.errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from secagg.flower import _codec, _compat, records
+from secagg.flower.quantization import FlowerQuantizer, flat_size
+
+try:
+    import flwr.compat.common.recorddict_compat as compat
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+    from flwr.app.message_type import MessageType
+    from flwr.common import Parameters, parameters_to_ndarrays
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "secagg.flower needs Flower: pip install 'secagg[flower]' (flwr[simulation]==1.42.0)"
+    ) from exc
+
+#: The engine message each stage must carry from the server.
+_PAYLOAD_OF = {
+    records.SHARE_KEYS: wire.MessageType.KEY_DIRECTORY,
+    records.COLLECT_MASKED_VECTORS: wire.MessageType.SHARE_DELIVERY,
+    records.CONSISTENCY: wire.MessageType.SURVIVOR_LIST,
+    records.UNMASK: wire.MessageType.UNMASK_REQUEST,
+}
+
+CallNext = Callable[[Message, Context], Message]
+Mod = Callable[[Message, Context, CallNext], Message]
+
+#: node_config key naming a file with the node's Ed25519 signing key (64 hex digits), for the
+#: active mode when no key is passed to :func:`make_secaggplus_mod`.
+SIGNING_KEY_FILE = "secagg-signing-key-file"
+
+
+def make_secaggplus_mod(*, policy: Any | None = None, signing_key: bytes | None = None) -> Mod:
+    """A mod with this node's own requirements.
+
+    Args:
+        policy: a ``ClientPolicy`` (minimum threshold, neighbours, block holders, active mode):
+            the node refuses any round configured below it, before it sends anything.
+        signing_key: the node's long-term Ed25519 private key (32 bytes) for the active mode.
+            Without it, the mod reads the file named by ``node_config["secagg-signing-key-file"]``
+            when the server asks for the active mode.
+    """
+    node_policy = policy if policy is not None else _compat.ClientPolicy()
+
+    def secaggplus_mod(msg: Message, ctxt: Context, call_next: CallNext) -> Message:
+        if msg.metadata.message_type != MessageType.TRAIN:
+            return call_next(msg, ctxt)
+        incoming = msg.content.config_records
+        if records.RECORD_KEY not in incoming:
+            if records.FLOWER_RECORD_KEY in incoming:
+                raise records.NamespaceError(records.FLOWER_SERVER_WITH_OUR_MOD)
+            raise records.NamespaceError(records.NO_SECAGG_RECORD)
+        return _NodeSession(node_policy, signing_key).handle(msg, ctxt, call_next)
+
+    return secaggplus_mod
+
+
+class _NodeSession:
+    """One message's worth of work on the node (the state lives in ``context.state``)."""
+
+    def __init__(self, policy: Any, signing_key: bytes | None) -> None:
+        self.policy = policy
+        self.signing_key = signing_key
+
+    def handle(self, msg: Message, ctxt: Context, call_next: CallNext) -> Message:
+        record = msg.content.config_records[records.RECORD_KEY]
+        stage = record.get("stage")
+        if stage not in records.STAGES:
+            raise RemoteProtocolError(f"unknown secagg.flower stage {stage!r}")
+        if stage == records.SETUP:
+            state, engine, out = self._setup(record, msg, ctxt)
+            reply_content = RecordDict()
+        else:
+            state = self._load_state(ctxt, stage)
+            engine = self._engine(state, ctxt)
+            payload = record.get("payload")
+            if not isinstance(payload, bytes) or len(payload) > records.MAX_PAYLOAD_BYTES:
+                raise RemoteProtocolError(f"stage {stage}: the record has no valid payload")
+            if wire.peek_type(payload) is not _PAYLOAD_OF[stage]:
+                raise RemoteProtocolError(
+                    f"stage {stage}: the payload is not a {_PAYLOAD_OF[stage]}"
+                )
+            reply_content = RecordDict()
+            if stage == records.COLLECT_MASKED_VECTORS:
+                reply_content = self._train(state, engine, msg, ctxt, call_next)
+            out = engine.receive(payload)
+        if stage == records.UNMASK or engine.failed:
+            ctxt.state.config_records.pop(records.STATE_KEY, None)
+        else:
+            state["engine"] = _compat.engine_to_bytes(engine)
+            state["stage"] = stage
+            ctxt.state.config_records[records.STATE_KEY] = ConfigRecord(
+                cast(Any, {"blob": _codec.encode(state)})
+            )
+        if len(out) != 1:
+            raise LocalProtocolError(f"stage {stage}: the engine produced {len(out)} messages")
+        reply_content.config_records[records.RECORD_KEY] = ConfigRecord(
+            cast(Any, {"stage": stage, "payload": wire.encode(out[0])})
+        )
+        return Message(reply_content, reply_to=msg)
+
+    # -- stages ----------------------------------------------------------------------------
+
+    def _setup(
+        self, record: ConfigRecord, msg: Message, ctxt: Context
+    ) -> tuple[dict[str, Any], ClientEngine, list[wire.Message]]:
+        raw_config, raw_round = record.get("config"), record.get("round")
+        if not isinstance(raw_config, bytes) or not isinstance(raw_round, bytes):
+            raise RemoteProtocolError("setup: the record lacks the round configuration")
+        config = _compat.config_from_bytes(raw_config)
+        meta = _codec.decode(raw_round)
+        if not isinstance(meta, dict):
+            raise RemoteProtocolError("setup: malformed round description")
+        node_ids = meta.get("node_ids")
+        if not isinstance(node_ids, list) or len(node_ids) != config.num_parties:
+            raise RemoteProtocolError("setup: the node list does not match the configuration")
+        me = msg.metadata.dst_node_id
+        if node_ids.count(me) != 1:
+            raise RemoteProtocolError(f"setup: this node ({me}) is not in the round's node list")
+        party = node_ids.index(me)
+        _compat.check_policy(self.policy, config, party)
+        quant = _quantizer(meta)
+        shapes = _shapes(meta)
+        if flat_size(shapes) != config.dim:
+            raise RemoteProtocolError("setup: parameter shapes do not match the vector length")
+        needed = quant.modulus_bits(2**config.modulus_bits, config.num_parties)
+        if needed > config.modulus_bits:
+            raise ConfigError(
+                f"setup: modulus_bits={config.modulus_bits} cannot hold a sum of"
+                f" {config.num_parties} values in [0, {quant.quantization_range}] (needs {needed})"
+            )
+        state: dict[str, Any] = {
+            "config": raw_config,
+            "round": raw_round,
+            "party": party,
+            "signing_key": self._signing_key(config, ctxt),
+        }
+        engine = self._engine(state, ctxt, fresh=True)
+        return state, engine, engine.start()
+
+    def _train(
+        self,
+        state: dict[str, Any],
+        engine: ClientEngine,
+        msg: Message,
+        ctxt: Context,
+        call_next: CallNext,
+    ) -> RecordDict:
+        """Run the user's fit, quantise its FitRes and give the engine its input."""
+        meta = _codec.decode(state["round"])
+        out_msg = call_next(msg, ctxt)
+        if out_msg.has_error():
+            raise LocalProtocolError(f"the ClientApp's training failed: {out_msg.error.reason}")
+        fitres = compat.recorddict_to_fitres(out_msg.content, keep_input=True)
+        arrays = parameters_to_ndarrays(fitres.parameters)
+        shapes = _shapes(meta)
+        got = [tuple(np.shape(a)) for a in arrays]
+        if got != shapes:
+            raise LocalProtocolError(
+                f"the ClientApp returned parameters of shapes {got[:4]}..., the round expects"
+                f" {shapes[:4]}..."
+            )
+        quant = _quantizer(meta)
+        words = quant.quantize(arrays, fitres.num_examples, engine.config.modulus_bits)
+        engine.set_input(words)
+        # Only the masked vector leaves the node; Flower's FitRes keeps its shape for the
+        # strategy, with the example count and metrics hidden when the server asked for it.
+        fitres.parameters = Parameters(tensors=[], tensor_type="numpy.ndarray")
+        if meta.get("hide_num_examples"):
+            fitres.num_examples = 1
+        if meta.get("hide_metrics"):
+            fitres.metrics = {}
+        return compat.fitres_to_recorddict(fitres, keep_input=True)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _load_state(self, ctxt: Context, stage: str) -> dict[str, Any]:
+        held = ctxt.state.config_records.get(records.STATE_KEY)
+        if held is None or not isinstance(held.get("blob"), bytes):
+            raise RemoteProtocolError(f"stage {stage} arrived before this node's setup")
+        state = _codec.decode(cast(bytes, held["blob"]))
+        if not isinstance(state, dict):
+            raise LocalProtocolError("the node's persisted secagg state is corrupt")
+        return state
+
+    def _engine(self, state: dict[str, Any], ctxt: Context, *, fresh: bool = False) -> ClientEngine:
+        config: RoundConfig = _compat.config_from_bytes(state["config"])
+        kwargs: dict[str, Any] = {"signing_key": state["signing_key"]}
+        if _compat.ENGINE_TAKES_POLICY:
+            kwargs["policy"] = self.policy
+        engine = ClientEngine(config, state["party"], **kwargs)
+        if not fresh:
+            _compat.engine_load_bytes(engine, state["engine"])
+        return engine
+
+    def _signing_key(self, config: RoundConfig, ctxt: Context) -> bytes | None:
+        if not config.active:
+            return None
+        if self.signing_key is not None:
+            return self.signing_key
+        path = ctxt.node_config.get(SIGNING_KEY_FILE)
+        if not isinstance(path, str):
+            raise ConfigError(
+                "the server asks for the active mode but this node has no signing key: pass"
+                f" signing_key= to make_secaggplus_mod or set node_config[{SIGNING_KEY_FILE!r}]"
+            )
+        try:
+            key = bytes.fromhex(Path(path).read_text().strip())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read the signing key file {path!r}: {exc}") from None
+        if len(key) != 32:
+            raise ConfigError(f"signing key file {path!r} must hold 32 bytes as hex")
+        return key
+
+
+def _quantizer(meta: dict[str, Any]) -> FlowerQuantizer:
+    try:
+        return FlowerQuantizer(
+            clipping_range=float(meta["clipping_range"]),
+            quantization_range=int(meta["quantization_range"]),
+            max_weight=float(meta["max_weight"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RemoteProtocolError(f"setup: bad quantisation parameters: {exc}") from None
+
+
+def _shapes(meta: dict[str, Any]) -> list[tuple[int, ...]]:
+    shapes = meta.get("shapes")
+    if not isinstance(shapes, list) or not all(
+        isinstance(s, list) and all(isinstance(d, int) and d >= 0 for d in s) for s in shapes
+    ):
+        raise RemoteProtocolError("setup: malformed parameter shapes")
+    return [tuple(s) for s in shapes]
+
+
+#: Drop-in for ``flwr.client.mod.secaggplus_mod`` (default policy, semi-honest or key file).
+secaggplus_mod: Mod = make_secaggplus_mod()
+#: Drop-in for ``flwr.client.mod.secagg_mod``: the same node logic (the server picks the graph).
+secagg_mod: Mod = secaggplus_mod
