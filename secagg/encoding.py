@@ -14,7 +14,9 @@ B/32 of its float32 form.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,10 +29,37 @@ MAX_VALUE_BITS = 53
 Words = npt.NDArray[np.unsignedinteger]
 
 
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    """An integer (not a bool, not a float) in [low, high]; EncodingError naming it otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise EncodingError(f"{name} must be an integer, got {value!r}")
+    number = int(value)
+    if number < low or (high is not None and number > high):
+        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise EncodingError(
+            f"{name} must be {'in ' if high is not None else ''}{bounds}, got {value}"
+        )
+
+
+def _real_array(name: str, values: npt.ArrayLike) -> npt.NDArray[Any]:
+    """``values`` as an array of real numbers (bool, integer or float), or EncodingError naming
+    the argument and what it got (strings, complex numbers and objects are refused here rather
+    than failing deep inside numpy, or silently dropping an imaginary part)."""
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError) as exc:
+        raise EncodingError(f"{name} must be an array of real numbers: {exc}") from None
+    if array.dtype.kind not in "biuf":
+        raise EncodingError(
+            f"{name} must hold real numbers, got dtype {array.dtype}"
+            + (f" (first value {array.flat[0]!r})" if array.size else "")
+        )
+    return array
+
+
 def word_dtype(modulus_bits: int) -> np.dtype[np.unsignedinteger]:
     """The smallest unsigned machine word holding B bits (masks and sums wrap modulo 2^w)."""
-    if not 1 <= modulus_bits <= MAX_MODULUS_BITS:
-        raise EncodingError(f"modulus bits must be in [1, 64], got {modulus_bits}")
+    _check_int("modulus_bits", modulus_bits, 1, MAX_MODULUS_BITS)
     for dtype in (np.uint16, np.uint32, np.uint64):
         if modulus_bits <= np.dtype(dtype).itemsize * 8:
             return np.dtype(dtype)
@@ -43,8 +72,9 @@ def choose_modulus_bits(value_bits: int, num_summands: int, headroom_bits: int =
     Raises:
         EncodingError: B would exceed 64 bits.
     """
-    if value_bits < 2 or num_summands < 1 or headroom_bits < 0:
-        raise EncodingError("need value_bits >= 2, num_summands >= 1, headroom_bits >= 0")
+    _check_int("value_bits", value_bits, 2)
+    _check_int("num_summands", num_summands, 1)
+    _check_int("headroom_bits", headroom_bits, 0)
     bits = value_bits + math.ceil(math.log2(num_summands)) + headroom_bits
     if bits > MAX_MODULUS_BITS:
         raise EncodingError(
@@ -71,19 +101,33 @@ class FixedPointEncoder:
     max_summands: int
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.clip) and self.clip > 0):
-            raise EncodingError("clip must be a positive finite number")
-        if not 2 <= self.value_bits <= MAX_VALUE_BITS:
-            # A float64 carries 53 bits: more value bits would only encode rounding noise, and
-            # 2^(v-1) - 1 would no longer be exact in the scaling.
-            raise EncodingError(f"value_bits must be in [2, {MAX_VALUE_BITS}]")
+        if not (
+            isinstance(self.clip, numbers.Real)
+            and not isinstance(self.clip, bool)
+            and math.isfinite(self.clip)
+            and self.clip > 0
+        ):
+            raise EncodingError(f"clip must be a positive finite number, got {self.clip!r}")
+        # A float64 carries 53 bits: more value bits would only encode rounding noise, and
+        # 2^(v-1) - 1 would no longer be exact in the scaling.
+        _check_int("value_bits", self.value_bits, 2, MAX_VALUE_BITS)
+        _check_int("max_summands", self.max_summands, 1)
+        _check_int("modulus_bits", self.modulus_bits, 1, MAX_MODULUS_BITS)
+        scale = float(2 ** (self.value_bits - 1) - 1) / self.clip
+        if not (math.isfinite(scale) and scale * self.clip > 0.5):
+            # e.g. clip=1e-305: the scale overflows to inf, every value becomes 0 or NaN and
+            # every sum decodes to 0.0 silently. Refuse instead.
+            raise EncodingError(
+                f"clip={self.clip!r} cannot be scaled to {self.value_bits} value bits in float64"
+                f" (scale {scale!r}); use a clip of at least"
+                f" {float(2 ** (self.value_bits - 1)) / 1.0e307:.3g}"
+            )
         needed = choose_modulus_bits(self.value_bits, self.max_summands)
         if self.modulus_bits < needed:
             raise EncodingError(
                 f"modulus_bits={self.modulus_bits} cannot hold a sum of {self.max_summands} values"
                 f" of {self.value_bits} bits without wrap-around (needs {needed})"
             )
-        word_dtype(self.modulus_bits)
 
     @property
     def scale(self) -> float:
@@ -95,9 +139,12 @@ class FixedPointEncoder:
 
     def quantize(self, values: npt.ArrayLike) -> npt.NDArray[np.int64]:
         """Signed integers: clip, scale and round stochastically with the CSPRNG."""
-        x = np.asarray(values, dtype=np.float64)
+        x = _real_array("values", values).astype(np.float64)
         if not np.all(np.isfinite(x)):
-            raise EncodingError("cannot encode NaN or infinite values")
+            bad = int(np.flatnonzero(~np.isfinite(x.reshape(-1)))[0])
+            raise EncodingError(
+                f"cannot encode NaN or infinite values (values[{bad}] = {x.reshape(-1)[bad]})"
+            )
         limit = float(2 ** (self.value_bits - 1) - 1)
         # Clamp after scaling too: clip * (limit / clip) can round above limit in float64.
         scaled = np.clip(np.clip(x, -self.clip, self.clip) * self.scale, -limit, limit)
@@ -114,21 +161,44 @@ class FixedPointEncoder:
 
     def decode_sum(self, total: Words, num_summands: int) -> npt.NDArray[np.float64]:
         """Decode a sum of ``num_summands`` encoded vectors back to floats."""
-        if not 1 <= num_summands <= self.max_summands:
-            raise EncodingError(f"decoder was built for at most {self.max_summands} summands")
-        return from_ring(total, self.modulus_bits).astype(np.float64) / self.scale
+        _check_int("num_summands", num_summands, 1)
+        if num_summands > self.max_summands:
+            raise EncodingError(
+                f"num_summands={num_summands}: the encoder was built for at most"
+                f" max_summands={self.max_summands} (the sum may have wrapped around)"
+            )
+        words = _real_array("total", total)
+        if words.dtype.kind == "f":
+            raise EncodingError(f"total must hold ring words (integers), got dtype {words.dtype}")
+        return from_ring(words, self.modulus_bits).astype(np.float64) / self.scale
 
 
 def to_ring(values: npt.NDArray[np.integer], modulus_bits: int) -> Words:
-    """Signed integers to Z_(2^B) words (two's complement, reduced mod 2^B)."""
+    """Signed integers to Z_(2^B) words (two's complement, reduced mod 2^B).
+
+    Raises:
+        EncodingError: ``values`` are not integers (floats would be truncated silently: encode
+            them with :class:`FixedPointEncoder`).
+    """
     dtype = word_dtype(modulus_bits)
-    words = np.asarray(values).astype(np.int64).view(np.uint64) & np.uint64((1 << modulus_bits) - 1)
+    array = _real_array("values", values)
+    if array.dtype.kind == "f":
+        # Integer-valued floats (e.g. rounded noise) are fine; a fraction would be truncated.
+        fractional = np.flatnonzero(array.reshape(-1) != np.rint(array.reshape(-1)))
+        if fractional.size:
+            i = int(fractional[0])
+            raise EncodingError(
+                f"values must be integers, got values[{i}] = {array.reshape(-1)[i]!r}: encode"
+                " floats with FixedPointEncoder.encode"
+            )
+    words = array.astype(np.int64).view(np.uint64) & np.uint64((1 << modulus_bits) - 1)
     return words.astype(dtype)
 
 
 def from_ring(words: Words, modulus_bits: int) -> npt.NDArray[np.int64]:
     """Z_(2^B) words to signed integers in [-2^(B-1), 2^(B-1))."""
-    w = np.asarray(words).astype(np.uint64)
+    word_dtype(modulus_bits)
+    w = _real_array("words", words).astype(np.uint64)
     # Sign-extend bit B-1: shift it to bit 63, reinterpret as int64, shift back arithmetically.
     shift = np.uint64(64 - modulus_bits)
     return (w << shift).view(np.int64) >> np.int64(64 - modulus_bits)
@@ -196,6 +266,7 @@ def unpack(data: bytes, modulus_bits: int, count: int) -> Words:
     Raises:
         EncodingError: wrong length or non-zero padding bits.
     """
+    _check_int("count", count, 0)
     out = np.zeros(count, dtype=word_dtype(modulus_bits))
     add_packed(out, data, modulus_bits)
     return out
@@ -212,7 +283,10 @@ def add_packed(accumulator: Words, data: bytes, modulus_bits: int) -> None:
         EncodingError: wrong length or non-zero padding bits.
     """
     count = accumulator.size
+    word_dtype(modulus_bits)
     _check_size(data, modulus_bits, count)
+    if count == 0:
+        return  # nothing to add (and no group to read: the code below assumes one)
     dtype = accumulator.dtype
     if dtype != word_dtype(modulus_bits) and dtype.itemsize * 8 < modulus_bits:
         raise EncodingError("accumulator words are narrower than the modulus")

@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from secagg.errors import ConfigError
+
 PartyId = int  # parties are 0..n-1
 
 SEED_BYTES = 32
@@ -304,26 +306,65 @@ def _ring_graph(ring: npt.NDArray[np.int64], k: int) -> NeighborGraph:
 
 @dataclass(frozen=True)
 class GraphParameters:
-    """Degree and Shamir threshold.
+    """Degree, Shamir threshold and the kind of graph they were chosen for.
 
     k: neighbours per party, not counting itself (k = n-1 means the complete graph).
-    t: Shamir threshold; shares held by any t neighbours reconstruct a party's secret.
+    t: Shamir threshold; shares held by any t neighbours reconstruct a party's secret. At least
+        2: with t = 1 every share is the secret itself, so one neighbour could unmask.
+    kind: ``"harary"`` (k even, a random H_{k,n}) or ``"complete"`` (k = n-1, any parity: the
+        finders fall back to it); build the graph with :meth:`graph`, which picks the right one.
+
+    Raises:
+        ConfigError: non-integer k or t, t outside [2, k], an unknown kind, or an odd Harary k.
     """
 
     k: int
     t: int
+    kind: str = KIND_HARARY
 
     def __post_init__(self) -> None:
-        if not 1 <= self.t <= self.k:
-            raise ValueError(f"need 1 <= t <= k, got k={self.k}, t={self.t}")
+        for name, value in (("k", self.k), ("t", self.t)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+        if not 2 <= self.t <= self.k:
+            raise ConfigError(f"need 2 <= t <= k, got k={self.k}, t={self.t}")
+        if self.kind not in _KINDS:
+            raise ConfigError(f"kind must be one of {_KINDS}, got {self.kind!r}")
+        if self.kind == KIND_HARARY and self.k % 2:
+            raise ConfigError(f"a Harary graph needs an even k, got k={self.k}")
+
+    def graph(self, n: int, seed: bytes | None = None) -> NeighborGraph:
+        """The neighbour graph these parameters describe, on ``n`` parties.
+
+        Args:
+            n: the number of parties (for ``kind == "complete"`` it must be k + 1).
+            seed: 32 bytes placing the parties on the Harary ring; ``None`` draws it from the
+                CSPRNG. It must not be known to whoever picks the corrupted parties before
+                they are picked (see :func:`harary_graph`). Unused for the complete graph.
+        """
+        if self.kind == KIND_COMPLETE:
+            if n != self.k + 1:
+                raise ConfigError(
+                    f"complete-graph parameters with k={self.k} need n={self.k + 1}, got n={n}"
+                )
+            return complete_graph(n)
+        if seed is None:
+            from secagg.crypto import rng
+
+            seed = rng.token_bytes(SEED_BYTES)
+        return harary_graph(n, self.k, seed)
 
 
 def _check_inputs(n: int, dropout_rate: float, corruption_rate: float) -> None:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
-        raise ValueError(f"need an integer number of parties n >= 2, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 3:
+        # n = 2: a party's one neighbour learns its input from the sum, and no threshold t >= 2
+        # fits in one neighbour; n < 2 is not an aggregation at all.
+        raise ConfigError(
+            f"secure aggregation needs an integer number of parties n >= 3, got n={n!r}"
+        )
     for name, rate in (("dropout_rate", dropout_rate), ("corruption_rate", corruption_rate)):
         if not (isinstance(rate, numbers.Real) and 0.0 <= rate < 1.0):
-            raise ValueError(f"{name} must be in [0, 1), got {rate!r}")
+            raise ConfigError(f"{name} must be in [0, 1), got {name}={rate!r}")
 
 
 def count_at_rate(rate: float, n: int) -> int:
@@ -445,13 +486,15 @@ def find_harary_parameters(
 
     Fallback: if no k < n-1 works, or the rates make the sparse analysis hopeless (as production:
     corruption + dropout > 0.9 semi-honest, corruption + 2*dropout > 0.9 active), the complete
-    graph's parameters are returned (k = n-1, see ``complete_parameters``); ValueError if even
-    those do not exist.
+    graph's parameters are returned (k = n-1 of either parity, ``kind == "complete"``, see
+    ``complete_parameters``): build the graph with ``GraphParameters.graph``, which picks the
+    right one. ConfigError (a ValueError) for n < 3, rates outside [0, 1), or when even the
+    complete graph has no secure and correct threshold.
     """
     _check_inputs(n, dropout_rate, corruption_rate)
     for name, bits in (("security_bits", security_bits), ("correctness_bits", correctness_bits)):
         if not 0 < bits <= _MAX_BITS:
-            raise ValueError(f"{name} must be in (0, {_MAX_BITS}], got {bits!r}")
+            raise ConfigError(f"{name} must be in (0, {_MAX_BITS}], got {name}={bits!r}")
 
     def complete() -> GraphParameters:
         return complete_parameters(n, dropout_rate, corruption_rate, active=not semi_honest)
@@ -498,17 +541,22 @@ def complete_parameters(
     * correctness: every party keeps at least k - D surviving neighbours (worst case: it survives
       itself), so t <= k - D.
 
-    Raises ValueError when no threshold meets both the security and the correctness condition.
+    The threshold is never below 2 (one neighbour alone must not reconstruct).
+
+    Raises:
+        ConfigError: n < 3, a rate outside [0, 1), or no threshold meets both the security and
+            the correctness condition.
     """
     _check_inputs(n, dropout_rate, corruption_rate)
     k = n - 1
     C, D = min(_count(corruption_rate, n), k), _count(dropout_rate, n)
     t = max((k + C) // 2 + 1, (2 * k) // 3 + 1) if active else max(C + 1, k // 2 + 1)
+    t = max(t, 2)
     if t > k - D:
         mode = "active" if active else "semi-honest"
-        raise ValueError(
+        raise ConfigError(
             f"no secure and correct threshold for n={n}, dropout_rate={dropout_rate}, "
             f"corruption_rate={corruption_rate} ({mode}): security needs t >= {t} but only "
             f"{k - D} of the {k} neighbours are guaranteed to survive"
         )
-    return GraphParameters(k=k, t=t)
+    return GraphParameters(k=k, t=t, kind=KIND_COMPLETE)

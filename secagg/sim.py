@@ -13,7 +13,7 @@ import math
 import os
 import resource
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,15 +40,52 @@ _PHASE_OF = {
     ServerState.COLLECT_UNMASK: "unmask",
 }
 
-#: Phases at which a party can be scripted to drop (it stops answering from that point on).
+#: Phases at which a party can be scripted to drop. Each names the first message the party
+#: does NOT send; it is silent from then on.
 DROP_PHASES = ("advertise", "share_keys", "masked_input", "consistency", "unmask")
+
+#: What a party scripted to drop at each phase still does, for error messages and docs.
+DROP_MEANING = {
+    "advertise": "never sends its keys (absent from the start)",
+    "share_keys": "sends its keys, never its encrypted shares",
+    "masked_input": "sends its shares, never its masked input (the usual mid-round dropout)",
+    "consistency": "sends its masked input, never its signature (active mode)",
+    "unmask": "sends its masked input, never its unmasking shares (a late dropout)",
+}
 
 
 @dataclass
 class DropoutScript:
-    """Who stops answering, and from which phase on (party -> phase name in DROP_PHASES)."""
+    """Who drops, and which message is the first one they do not send.
+
+    ``drops`` maps a party to a phase of :data:`DROP_PHASES`, read as "from this message on,
+    silent": ``DropoutScript({3: "masked_input"})`` is party 3 sending its keys and shares but
+    never its masked input (it stops answering when its share delivery arrives), so the round
+    must recover its pairwise masks; ``{3: "unmask"}`` is party 3 dropping after sending its
+    masked input (it counts as a survivor: its input is in the sum). See :data:`DROP_MEANING`.
+    :meth:`before` builds a script for several parties at once.
+
+    Raises:
+        ConfigError: a party id that is not a non-negative integer, or an unknown phase.
+    """
 
     drops: dict[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for party, phase in self.drops.items():
+            if isinstance(party, bool) or not isinstance(party, int | np.integer) or party < 0:
+                raise ConfigError(f"DropoutScript: party ids are integers >= 0, got {party!r}")
+            if phase not in DROP_PHASES:
+                raise ConfigError(
+                    f"DropoutScript: party {party} drops at {phase!r}, not a phase; use one of"
+                    f" {', '.join(DROP_PHASES)} (the first message the party does not send)"
+                )
+
+    @classmethod
+    def before(cls, phase: str, parties: Iterable[int]) -> DropoutScript:
+        """Every party in ``parties`` goes silent before sending its ``phase`` message
+        (``DropoutScript.before("masked_input", [3, 5])``)."""
+        return cls(dict.fromkeys((int(u) for u in parties), phase))
 
     def alive(self, party: int, phase: str) -> bool:
         at = self.drops.get(party)
@@ -85,14 +122,14 @@ def resolve_parameters(
     """Pick (k, t, B) the way a deployment would: k and t from the graph parameter finder for the
     expected dropout and corruption rates, B from the value range and the party count."""
     if clients < 3:
-        raise ConfigError("need at least 3 clients")
+        raise ConfigError(f"clients must be at least 3, got clients={clients}")
     if graph_kind not in ("harary", "complete"):
-        raise ConfigError("graph must be 'harary' or 'complete'")
+        raise ConfigError(f"graph_kind must be 'harary' or 'complete', got {graph_kind!r}")
     if graph_kind == "complete":
         params = (
             graph.complete_parameters(clients, dropout_rate, corruption_rate, active=active)
             if threshold is None
-            else graph.GraphParameters(clients - 1, threshold)
+            else graph.GraphParameters(clients - 1, threshold, graph.KIND_COMPLETE)
         )
         k = clients - 1
     else:
@@ -120,7 +157,9 @@ def build_config(setup: SimulationSetup) -> tuple[RoundConfig, list[bytes] | Non
         g = graph.complete_graph(setup.clients)
     else:
         if setup.neighbors % 2:
-            raise ConfigError("a Harary graph needs an even number of neighbours")
+            raise ConfigError(
+                f"a Harary graph needs an even number of neighbours, got {setup.neighbors}"
+            )
         g = graph.harary_graph(setup.clients, setup.neighbors, rng.token_bytes(32))
     signing: list[bytes] | None = None
     verify: tuple[bytes, ...] | None = None
@@ -399,7 +438,10 @@ def scripted_dropouts(
     input), ``floor(late_dropout * clients)`` others stop during unmasking (see
     :func:`secagg.graph.count_at_rate`). Who drops is drawn from the simulation seed."""
     if not (0 <= dropout < 1 and 0 <= late_dropout < 1 and dropout + late_dropout < 1):
-        raise ConfigError("dropout fractions must be in [0, 1) and sum below 1")
+        raise ConfigError(
+            f"dropout fractions must be in [0, 1) and sum below 1, got dropout={dropout},"
+            f" late_dropout={late_dropout}"
+        )
     gen = np.random.default_rng([seed, 2**31])
     order = gen.permutation(clients)
     # The same count the (k, t) finder plans for (graph.count_at_rate), so that a rate the

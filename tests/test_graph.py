@@ -267,7 +267,7 @@ def test_finder_small_n_gives_usable_parameters(n: int) -> None:
 
 def test_finder_falls_back_to_complete_graph_for_high_rates() -> None:
     # corruption + dropout > 0.9: no sparse analysis, but the complete graph still works
-    assert find_harary_parameters(20, 0.05, 0.86) == GraphParameters(19, 18)
+    assert find_harary_parameters(20, 0.05, 0.86) == GraphParameters(19, 18, "complete")
     with pytest.raises(ValueError, match="no secure and correct threshold"):
         find_harary_parameters(1_000, 0.5, 0.45)
 
@@ -299,11 +299,14 @@ def test_invalid_bits_raise() -> None:
 
 
 def test_complete_parameters() -> None:
-    assert complete_parameters(100, 0.05, 0.05) == GraphParameters(99, 50)  # majority of 99
-    assert complete_parameters(100, 0.05, 0.3) == GraphParameters(99, 50)
-    assert complete_parameters(100, 0.05, 0.6) == GraphParameters(99, 61)  # t > C = 60
-    assert complete_parameters(100, 0.05, 0.05, active=True) == GraphParameters(99, 67)  # > 2k/3
-    assert complete_parameters(100, 0.05, 0.5, active=True) == GraphParameters(99, 75)  # >(k+C)/2
+    def complete(k: int, t: int) -> GraphParameters:
+        return GraphParameters(k, t, "complete")
+
+    assert complete_parameters(100, 0.05, 0.05) == complete(99, 50)  # majority of 99
+    assert complete_parameters(100, 0.05, 0.3) == complete(99, 50)
+    assert complete_parameters(100, 0.05, 0.6) == complete(99, 61)  # t > C = 60
+    assert complete_parameters(100, 0.05, 0.05, active=True) == complete(99, 67)  # > 2k/3
+    assert complete_parameters(100, 0.05, 0.5, active=True) == complete(99, 75)  # >(k+C)/2
     with pytest.raises(ValueError, match="no secure and correct threshold"):
         complete_parameters(100, 0.45, 0.05, active=True)
     with pytest.raises(ValueError):
