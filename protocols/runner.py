@@ -21,10 +21,11 @@ from protocols.datasets import (
     split_by_feature,
     split_parties,
 )
-from protocols.dp_training import DPOptions, NoisyGradientTrainer
+from protocols.dp_training import DPOptions, NoisyGradientTrainer, PartsSpec
 from protocols.models import make_model
 from protocols.parameter_parts.protocol import ParameterPartsTrainer, ProtocolSettings
 from protocols.training import evaluate
+from secagg.errors import ConfigError
 
 PROTOCOLS = ("parameter-parts", "fedavg", "centralized")
 Progress = Callable[[str], None]
@@ -40,13 +41,18 @@ class TrainOptions:
     parties: int = 10
     rounds: int = 20
     split: str = "iid"
+    #: ``public`` (Adult: published metadata only, inside the DP guarantee) or ``fitted``.
+    preprocessing: str = "public"
     settings: ProtocolSettings = field(default_factory=ProtocolSettings)
     dp: DPOptions = field(default_factory=DPOptions)
 
 
-def load_data(dataset: str, target: str | None, seed: int) -> TabularData:
+def load_data(
+    dataset: str, target: str | None, seed: int, preprocessing: str = "public"
+) -> TabularData:
+    """Adult (``preprocessing`` public or fitted) or a CSV (always fitted: no public metadata)."""
     if dataset == "adult":
-        return load_adult(seed=seed)
+        return load_adult(seed=seed, preprocessing=preprocessing)
     if target is None:
         raise ValueError("--target COLUMN is required with --dataset PATH.csv")
     return load_csv(dataset, target, seed=seed)
@@ -71,7 +77,11 @@ def run(
         raise ValueError("--dp needs a federated protocol (parameter-parts or fedavg)")
     torch.manual_seed(s.seed)
     torch.set_num_threads(1)
-    data = data if data is not None else load_data(options.dataset, options.target, s.seed)
+    data = (
+        data
+        if data is not None
+        else load_data(options.dataset, options.target, s.seed, options.preprocessing)
+    )
     started = time.perf_counter()
     rounds: list[dict[str, Any]] = []
     if options.protocol == "centralized":
@@ -151,22 +161,47 @@ def _run_noisy_steps(
     rounds: list[dict[str, Any]],
     progress: Progress | None,
 ) -> bool:
-    """--dp distributed / central / both: noisy full-batch gradient steps (dp_training)."""
+    """--dp distributed / central / both: noisy full-batch gradient steps on random parts
+    (parameter-parts) or on the whole model (fedavg), see protocols.dp_training."""
     s = options.settings
     if options.protocol == "centralized":
-        raise ValueError("--dp needs a federated protocol (parameter-parts or fedavg)")
+        raise ConfigError("--dp needs a federated protocol (parameter-parts or fedavg)")
+    records = options.dp.records if options.dp.records is not None else data.public_records
+    if records is None:
+        raise ConfigError(
+            f"--dp {options.dp.mode} on {data.source}: no public record count is known for this"
+            " data set; pass --dp-records N (a public, data-independent estimate of the training"
+            " records of all parties: it normalises the noisy sums and must not come from the data)"
+        )
+    dp = replace(options.dp, records=int(records))
     rows = _party_rows(options, data)
     parties = [(data.x_train[r], data.y_train[r]) for r in rows]
-    model = make_model(s.model, data.x_train.shape[1], seed=s.seed)
-    trainer = NoisyGradientTrainer(
-        model, parties, options.dp, options.rounds, secure=s.secure, dropout=s.dropout, seed=s.seed
-    )
     n = len(parties)
+    model = make_model(s.model, data.x_train.shape[1], seed=s.seed)
+    parts = None
+    if options.protocol == "parameter-parts" and s.download_fraction < 1.0:
+        parts = PartsSpec(
+            download_fraction=s.download_fraction,
+            unit=s.part_unit,
+            block_size=s.block_size,
+            min_holders=s.min_holders,
+            selection_margin=math.ceil(s.dropout * n),
+        )
+    trainer = NoisyGradientTrainer(
+        model,
+        parties,
+        dp,
+        options.rounds,
+        secure=s.secure,
+        dropout=s.dropout,
+        seed=s.seed,
+        parts=parts,
+    )
     for r in range(1, options.rounds + 1):
         start = time.perf_counter()
         gen = np.random.default_rng([s.seed, r, 7])
         dropped = {int(u) for u in gen.permutation(n)[: round(s.dropout * n)]}
-        reports = [trainer.step(r, dropped) for _ in range(options.dp.steps_per_round)]
+        stats = trainer.run_round(r, dropped)
         metrics = evaluate(model, data.x_test, data.y_test)
         eps = trainer.epsilon()
         rounds.append(
@@ -176,16 +211,20 @@ def _run_noisy_steps(
                 "auc": float(metrics["auc"]),
                 "loss": float(metrics["loss"]),
                 "epsilon": eps,
-                "survivors": reports[-1].survivors,
-                "upload_bytes_mean": float(np.mean([x.upload_bytes_mean for x in reports])),
-                "download_bytes_mean": float(np.mean([x.download_bytes_mean for x in reports])),
+                "survivors": stats.survivors,
+                "upload_bytes_mean": stats.upload_bytes_mean,
+                "download_bytes_mean": stats.download_bytes_mean,
+                "part_fraction_mean": stats.part_fraction_mean,
+                "noise_floor": stats.noise_floor,
                 "seconds": time.perf_counter() - start,
             }
+            | ({"aborted": stats.aborted} if stats.aborted else {})
         )
         if progress:
             progress(
                 f"round {r}: accuracy {metrics['accuracy']:.4f} auc {metrics['auc']:.4f}"
-                f" epsilon {eps:.3f}"
+                f" epsilon {eps:.3f} part {stats.part_fraction_mean:.2f}"
+                + (f" ABORTED: {stats.aborted}" if stats.aborted else "")
             )
     nz = trainer.noise
     rounds[-1]["noise"] = {
@@ -195,8 +234,12 @@ def _run_noisy_steps(
         "l2_sensitivity": nz.l2_bound,
         "sigma2_total": float(nz.sigma2_total),
         "noise_parties": nz.parties,
+        "threshold": trainer.threshold,
+        "min_holders": trainer.min_holders,
         "noise_multiplier": math.sqrt(float(nz.sigma2_total)) / nz.l2_bound,
         "steps": trainer.total_steps,
+        "records_normaliser": dp.records,
+        "amplification": "none claimed (parts are chosen and known by the server; full batches)",
     }
     return trainer.secure
 

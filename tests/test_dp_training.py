@@ -161,7 +161,7 @@ def test_conditional_rounding_respects_the_bound_and_is_unbiased() -> None:
 
 def test_calibration_refuses_a_bit_width_that_cannot_hold_the_sum() -> None:
     options = DPOptions(mode="distributed", epsilon=1.0, bits=8)
-    with pytest.raises(ValueError, match="bits cannot hold"):
+    with pytest.raises(ConfigError, match="--dp-bits 8 cannot hold"):
         calibrate_step_noise(options, total_steps=40, rows=26_000, dim=108, parties=5)
 
 
