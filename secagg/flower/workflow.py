@@ -31,6 +31,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from secagg import encoding
 from secagg import graph as graphs
 from secagg import messages as wire
 from secagg.config import RoundConfig
@@ -386,6 +387,11 @@ class _Round:
             verify_keys=verify,
             tolerated_colluders=wf.tolerated_colluders,
         )
+        # No honest reply is larger than a packed masked vector plus per-party records.
+        self.payload_limit = min(
+            records.MAX_PAYLOAD_BYTES,
+            2 * encoding.packed_size(self.config.dim, bits) + 4096 * (n + 16),
+        )
         self.report.neighbors, self.report.threshold = g.degree, t
         self.report.modulus_bits = bits
         self.engine = ServerEngine(self.config, executor=wf.executor, workers=wf.workers)
@@ -470,9 +476,11 @@ class _Round:
             payload = None if record is None else record.get("payload")
             if not isinstance(payload, bytes):
                 return self._refused(nid, "reply without a secagg.flower payload")
-            if len(payload) > records.MAX_PAYLOAD_BYTES:
-                return self._refused(nid, f"oversized payload ({len(payload)} bytes)")
-            msg = wire.decode(payload)
+            if len(payload) > self.payload_limit:
+                return self._refused(
+                    nid, f"oversized payload ({len(payload)} bytes, limit {self.payload_limit})"
+                )
+            msg = wire.decode(payload, max_bytes=self.payload_limit)
         except (RemoteProtocolError, ValueError, TypeError) as exc:
             return self._refused(nid, f"malformed record: {exc}")
         if msg.TYPE is not _REPLY_OF[stage]:
