@@ -52,7 +52,7 @@ def _real_array(name: str, values: npt.ArrayLike) -> npt.NDArray[Any]:
     if array.dtype.kind not in "biuf":
         raise EncodingError(
             f"{name} must hold real numbers, got dtype {array.dtype}"
-            + (f" (first value {array.flat[0]!r})" if array.size else "")
+            + (f" (first value {array.reshape(-1).tolist()[0]!r})" if array.size else "")
         )
     return array
 
@@ -188,8 +188,8 @@ def to_ring(values: npt.NDArray[np.integer], modulus_bits: int) -> Words:
         if fractional.size:
             i = int(fractional[0])
             raise EncodingError(
-                f"values must be integers, got values[{i}] = {array.reshape(-1)[i]!r}: encode"
-                " floats with FixedPointEncoder.encode"
+                f"values must be integers, got values[{i}] = {float(array.reshape(-1)[i])!r}:"
+                " encode floats with FixedPointEncoder.encode"
             )
     words = array.astype(np.int64).view(np.uint64) & np.uint64((1 << modulus_bits) - 1)
     return words.astype(dtype)
