@@ -38,3 +38,9 @@ class RemoteProtocolError(ProtocolError):
 
 class AbortedError(ProtocolError):
     """The round cannot complete safely (for example fewer than ``threshold`` survivors)."""
+
+
+class StateError(SecAggError):
+    """A persisted engine state is refused: malformed or non-canonical encoding, another engine's
+    (role, session, round, party), a rolled back counter, or a sealed blob that fails
+    authentication (wrong key, tampering, truncation). The engine is left unchanged."""

@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from secagg import messages as wire
 from secagg.config import RoundConfig
-from secagg.engine import consistency, masked_input, share_keys, unmask
+from secagg.engine import consistency, masked_input, persist, share_keys, unmask
 from secagg.engine._state import (
     CLIENT_TRANSITIONS_ACTIVE,
     CLIENT_TRANSITIONS_SEMI_HONEST,
@@ -291,3 +291,47 @@ class ClientEngine(GuardedEngine):
         self._signed_survivors = (
             None if state["signed_survivors"] is None else tuple(state["signed_survivors"])
         )
+
+    def to_bytes(self, *, key: bytes | None = None, counter: int = 0) -> bytes:
+        """:meth:`state_dict` as canonical bytes (:mod:`secagg.engine.persist`), sealed with
+        AES-256-GCM when ``key`` is given.
+
+        WARNING: without ``key`` the bytes hold this party's round secrets IN THE CLEAR: its
+        X25519 private keys, its self-mask seed, the neighbours' Shamir shares it holds and its
+        raw input vector. Whoever reads them (the server included) can unmask its input. Seal
+        them, and give each sealed state of this engine a ``counter`` strictly greater than the
+        last (:class:`~secagg.engine.persist.RollbackGuard`); see docs/persistence.md.
+
+        Args:
+            key: the host's 32-byte state key, or None for plaintext.
+            counter: in [0, 2^64), bound into the sealed blob; must stay 0 without a key.
+
+        Raises:
+            StateError: a bad key, a counter out of range or given without a key.
+        """
+        identity = persist.client_identity(self.config, self.party)
+        return persist.dump_state(self.state_dict(), identity, key=key, counter=counter)
+
+    def load_bytes(
+        self,
+        blob: bytes,
+        *,
+        key: bytes | None = None,
+        min_counter: int | persist.RollbackGuard = 0,
+    ) -> None:
+        """Restore this fresh engine from :meth:`to_bytes`, all or nothing.
+
+        Args:
+            blob: the stored bytes.
+            key: the key the blob was sealed with; None only for a plaintext blob (with a key, a
+                plaintext blob is refused).
+            min_counter: the lowest counter accepted, or a ``RollbackGuard`` that accepts only
+                a counter above every one it saw opened and records this one.
+
+        Raises:
+            StateError: another role, session, round or party; a stale counter; a wrong key,
+                tampered or truncated blob; a malformed encoding. The engine stays fresh.
+            LocalProtocolError: this engine is not fresh.
+        """
+        identity = persist.client_identity(self.config, self.party)
+        persist.load_state(self, identity, blob, key=key, min_counter=min_counter)

@@ -24,7 +24,7 @@ from secagg import encoding
 from secagg import messages as wire
 from secagg.config import RoundConfig
 from secagg.crypto import keys
-from secagg.engine import consistency
+from secagg.engine import consistency, persist
 from secagg.engine._state import SERVER_ACCEPTS, GuardedEngine, ServerState
 from secagg.engine.advertise import KeyCollector
 from secagg.engine.masked_input import MaskedSum
@@ -436,3 +436,50 @@ class ServerEngine(GuardedEngine):
                 cfg.modulus_bits,
                 tuple(state["result"]["block_survivors"]),
             )
+
+    def to_bytes(self, *, key: bytes | None = None, counter: int = 0) -> bytes:
+        """:meth:`state_dict` as canonical bytes (:mod:`secagg.engine.persist`), sealed with
+        AES-256-GCM when ``key`` is given.
+
+        WARNING: without ``key`` the bytes are readable and forgeable by whoever stores them.
+        They hold nothing the server itself may not see, but more than outsiders should: the
+        running sum of masked inputs, the revealed Shamir shares (b_u of survivors, s_v of
+        dropped parties) that unmask it, and the round's result. A forged or rolled back state
+        can make the server accept replayed messages or output a wrong sum. Seal them with a
+        ``counter`` strictly greater than the last
+        (:class:`~secagg.engine.persist.RollbackGuard`); see docs/persistence.md.
+
+        Args:
+            key: the host's 32-byte state key, or None for plaintext.
+            counter: in [0, 2^64), bound into the sealed blob; must stay 0 without a key.
+
+        Raises:
+            StateError: a bad key, a counter out of range or given without a key.
+        """
+        identity = persist.server_identity(self.config)
+        return persist.dump_state(self.state_dict(), identity, key=key, counter=counter)
+
+    def load_bytes(
+        self,
+        blob: bytes,
+        *,
+        key: bytes | None = None,
+        min_counter: int | persist.RollbackGuard = 0,
+    ) -> None:
+        """Restore this fresh engine from :meth:`to_bytes`, all or nothing.
+
+        Args:
+            blob: the stored bytes.
+            key: the key the blob was sealed with; None only for a plaintext blob (with a key, a
+                plaintext blob is refused).
+            min_counter: the lowest counter accepted, or a ``RollbackGuard`` that accepts only
+                a counter above every one it saw opened and records this one.
+
+        Raises:
+            StateError: a client's state, another session or round, a stale counter, a wrong
+                key, tampered or truncated blob, a malformed encoding. The engine stays fresh.
+            LocalProtocolError: this engine is not fresh.
+        """
+        persist.load_state(
+            self, persist.server_identity(self.config), blob, key=key, min_counter=min_counter
+        )

@@ -1,0 +1,528 @@
+"""Engine state that a host can store and trust: a canonical codec and optional sealing.
+
+An engine's ``state_dict()`` holds its round secrets in the clear (a party's X25519 private keys,
+self-mask seed, the neighbours' Shamir shares it holds, its raw input vector; the server's
+revealed shares during unmasking). This module turns such a dict into bytes and back:
+
+* **Codec** (:func:`encode_value` / :func:`decode_value`): a canonical, strict, bounded binary
+  encoding of ``None``, ``bool``, ``int`` (any sign, up to :data:`MAX_INT_BYTES` bytes), ``bytes``,
+  ``str``, ``list`` and ``dict`` with ``int`` or ``str`` keys. Canonical: every value has exactly
+  one encoding (minimal integers, dict keys sorted by their encoding, no duplicates), so
+  ``encode_value(decode_value(b)) == b`` whenever decoding succeeds. Strict: trailing bytes,
+  unknown tags, non-minimal integers, unsorted keys, invalid UTF-8, nesting deeper than
+  :data:`MAX_DEPTH` or input larger than ``max_bytes`` raise :class:`~secagg.errors.StateError`,
+  never another exception. Generic over the dict: engines may add fields without touching this
+  module.
+* **Envelope** (:func:`dump_state` / :func:`load_state`): a magic prefix, a format version, a mode
+  (plaintext or sealed) and the engine role. Sealed blobs are AES-256-GCM under a key derived
+  with HKDF-SHA256 from the caller's 32-byte key (label ``secagg/v1/state-encryption``, salt =
+  session id, info = role, round and party, the convention of :mod:`secagg.crypto.kdf`), a fresh
+  96-bit nonce from the OS CSPRNG, and associated data binding the domain label, the role, the
+  session id, the round, the party and a caller-provided monotonic counter.
+
+Why a counter: the engines refuse contradicting requests only because they remember what they
+already did. A host that restores an older state (or the same state twice) lets a party answer
+the server a second time, e.g. reveal b_v to one unmask request and s_v to another, which
+unmasks y_v (``tests/test_lying_server.py::test_state_dict_rollback_hazard``). AEAD alone cannot
+see that: an old blob is authentic. The counter, checked against the caller's memory of the
+newest state (:class:`RollbackGuard`), can. See docs/persistence.md for the host's rules.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from secagg.config import RoundConfig
+from secagg.crypto.aead import NONCE_BYTES, TAG_BYTES
+from secagg.errors import SecAggError, StateError
+
+# -- the canonical value codec -------------------------------------------------------------------
+
+#: Largest encoded integer magnitude, in bytes of two's complement (2040-bit integers).
+MAX_INT_BYTES = 255
+#: Deepest nesting of lists and dicts (engine states nest 4 levels).
+MAX_DEPTH = 32
+#: Default ceiling on an encoded state. A server state holds every sealed share of the round
+#: (about n * k * 100 bytes) and a few dim-long vectors; 1 GiB matches the wire's ceiling.
+MAX_STATE_BYTES = 1 << 30
+
+_NONE, _FALSE, _TRUE, _INT, _BYTES, _STR, _LIST, _DICT = range(8)
+_U32 = struct.Struct(">I")
+_MAX_LEN = (1 << 32) - 1
+
+
+def _int_body(value: int) -> bytes:
+    """Minimal big-endian two's complement (empty for 0)."""
+    if value == 0:
+        return b""
+    length = (value + (value < 0)).bit_length() // 8 + 1
+    return value.to_bytes(length, "big", signed=True)
+
+
+def _length(n: int, where: str) -> bytes:
+    if n > _MAX_LEN:
+        raise StateError(f"{where}: length {n} exceeds the codec's 2^32 - 1")
+    return _U32.pack(n)
+
+
+def encode_value(value: Any, *, max_bytes: int = MAX_STATE_BYTES) -> bytes:
+    """The canonical encoding of ``value``.
+
+    Accepted: ``None``, ``bool``, ``int`` (and numpy integers), ``bytes`` (``bytearray`` and
+    ``memoryview`` are encoded as bytes), ``str``, ``list`` (``tuple`` is encoded as a list), and
+    ``dict`` whose keys are ``int`` or ``str`` (not ``bool``). Decoding gives back ``bytes``,
+    ``list`` and plain ``int``.
+
+    Raises:
+        StateError: an unsupported type (named with its path), an integer wider than
+            :data:`MAX_INT_BYTES`, nesting deeper than :data:`MAX_DEPTH`, a string that is not
+            valid UTF-8, or an encoding larger than ``max_bytes``.
+    """
+    out: list[bytes] = []
+    size = [0]
+
+    def emit(chunk: bytes) -> None:
+        size[0] += len(chunk)
+        if size[0] > max_bytes:
+            raise StateError(f"encoded state exceeds max_bytes={max_bytes}")
+        out.append(chunk)
+
+    def walk(v: Any, depth: int, where: str) -> None:
+        if v is None:
+            emit(bytes((_NONE,)))
+        elif isinstance(v, (bool, np.bool_)):
+            emit(bytes((_TRUE if v else _FALSE,)))
+        elif isinstance(v, (int, np.integer)):
+            body = _int_body(int(v))
+            if len(body) > MAX_INT_BYTES:
+                raise StateError(f"{where}: integer of {len(body)} bytes > {MAX_INT_BYTES}")
+            emit(bytes((_INT, len(body))) + body)
+        elif isinstance(v, (bytes, bytearray, memoryview)):
+            raw = bytes(v)
+            emit(bytes((_BYTES,)) + _length(len(raw), where))
+            emit(raw)
+        elif isinstance(v, str):
+            try:
+                raw = v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise StateError(f"{where}: string is not valid UTF-8 (lone surrogate)") from None
+            emit(bytes((_STR,)) + _length(len(raw), where) + raw)
+        elif isinstance(v, (list, tuple)):
+            if depth >= MAX_DEPTH:
+                raise StateError(f"{where}: nesting deeper than MAX_DEPTH={MAX_DEPTH}")
+            emit(bytes((_LIST,)) + _length(len(v), where))
+            for i, item in enumerate(v):
+                walk(item, depth + 1, f"{where}[{i}]")
+        elif isinstance(v, dict):
+            if depth >= MAX_DEPTH:
+                raise StateError(f"{where}: nesting deeper than MAX_DEPTH={MAX_DEPTH}")
+            items: list[tuple[bytes, Any, str]] = []
+            for k, item in v.items():
+                if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer, str)):
+                    raise StateError(
+                        f"{where}: dict key {k!r} of type {type(k).__name__} is not int or str"
+                    )
+                key_bytes = encode_value(k, max_bytes=max_bytes)
+                items.append((key_bytes, item, f"{where}[{k!r}]"))
+            # Canonical order: by the keys' encodings (a total order over int and str keys).
+            items.sort(key=lambda entry: entry[0])
+            emit(bytes((_DICT,)) + _length(len(items), where))
+            for key_bytes, item, path in items:
+                emit(key_bytes)
+                walk(item, depth + 1, path)
+        else:
+            raise StateError(f"{where}: values of type {type(v).__name__} cannot be persisted")
+
+    walk(value, 0, "state")
+    return b"".join(out)
+
+
+class _Reader:
+    """Strict decoder over one buffer. Every failure is a StateError naming the offset."""
+
+    def __init__(self, data: bytes) -> None:
+        self.view = memoryview(data)
+        self.pos = 0
+
+    def take(self, n: int, what: str) -> memoryview:
+        if n > len(self.view) - self.pos:
+            raise StateError(
+                f"truncated state: {what} needs {n} bytes at offset {self.pos},"
+                f" {len(self.view) - self.pos} left"
+            )
+        chunk = self.view[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def length(self, what: str, min_item_bytes: int) -> int:
+        n: int = _U32.unpack(self.take(4, f"{what} length"))[0]
+        # Bound counts by the bytes left, so a forged count cannot make us loop or allocate.
+        if n * min_item_bytes > len(self.view) - self.pos:
+            raise StateError(
+                f"truncated state: {what} of {n} items at offset {self.pos} exceeds the input"
+            )
+        return n
+
+    def value(self, depth: int) -> Any:
+        start = self.pos
+        tag = self.take(1, "tag")[0]
+        if tag == _NONE:
+            return None
+        if tag == _FALSE:
+            return False
+        if tag == _TRUE:
+            return True
+        if tag == _INT:
+            n = self.take(1, "integer length")[0]
+            body = bytes(self.take(n, "integer"))
+            result = int.from_bytes(body, "big", signed=True)
+            if _int_body(result) != body:
+                raise StateError(f"non-canonical integer at offset {start} (not minimal)")
+            return result
+        if tag == _BYTES:
+            return bytes(self.take(self.length("bytes", 1), "bytes"))
+        if tag == _STR:
+            raw = bytes(self.take(self.length("string", 1), "string"))
+            try:
+                return raw.decode("utf-8", errors="strict")
+            except UnicodeDecodeError:
+                raise StateError(f"string at offset {start} is not valid UTF-8") from None
+        if tag in (_LIST, _DICT):
+            if depth >= MAX_DEPTH:
+                raise StateError(f"nesting deeper than MAX_DEPTH={MAX_DEPTH} at offset {start}")
+            if tag == _LIST:
+                return [self.value(depth + 1) for _ in range(self.length("list", 1))]
+            out: dict[int | str, Any] = {}
+            previous = b""
+            for _ in range(self.length("dict", 3)):
+                key_start = self.pos
+                if self.pos < len(self.view) and self.view[self.pos] not in (_INT, _STR):
+                    raise StateError(f"dict key at offset {key_start} is not an int or a string")
+                key = self.value(depth + 1)
+                key_bytes = bytes(self.view[key_start : self.pos])
+                if key_bytes <= previous:
+                    raise StateError(
+                        f"dict keys at offset {key_start} are not strictly sorted (duplicate or"
+                        " out of canonical order)"
+                    )
+                previous = key_bytes
+                out[key] = self.value(depth + 1)
+            return out
+        raise StateError(f"unknown tag 0x{tag:02x} at offset {start}")
+
+
+def decode_value(data: bytes | bytearray | memoryview, *, max_bytes: int = MAX_STATE_BYTES) -> Any:
+    """Decode exactly one value that fills ``data``.
+
+    Raises:
+        StateError: ``data`` is larger than ``max_bytes``, truncated, has trailing bytes, or is
+            not the canonical encoding of a value. Never any other exception.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise StateError(f"state must be bytes, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise StateError(f"state of {len(data)} bytes exceeds max_bytes={max_bytes}")
+    reader = _Reader(data if isinstance(data, bytes) else bytes(data))
+    value = reader.value(0)
+    if reader.pos != len(reader.view):
+        raise StateError(f"{len(reader.view) - reader.pos} trailing bytes after the state")
+    return value
+
+
+# -- the envelope --------------------------------------------------------------------------------
+
+MAGIC = b"SECAGGst"
+FORMAT_VERSION = 1
+_PLAIN, _SEALED = 0, 1
+#: Domain label bound into the associated data of every sealed state.
+STATE_DOMAIN = b"secagg/v1/engine-state"
+#: HKDF label of the state-encryption key (``secagg/v1/<purpose>``, as in secagg.crypto.kdf).
+STATE_KEY_LABEL = b"secagg/v1/state-encryption"
+KEY_BYTES = 32
+#: The party field of a server's state (the wire's SERVER id).
+SERVER_PARTY = 0xFFFFFFFF
+_MAX_COUNTER = (1 << 64) - 1
+_PREFIX_BYTES = len(MAGIC) + 3  # magic, version, mode, role
+_HEADER = struct.Struct(">16sQIQ")  # session id, round, party, counter
+
+
+class Role(enum.Enum):
+    """Which engine a state belongs to (bound into every blob)."""
+
+    CLIENT = 1
+    SERVER = 2
+
+
+@dataclass(frozen=True)
+class EngineIdentity:
+    """What a persisted state is bound to: the role, session, round and party of one engine."""
+
+    role: Role
+    session_id: bytes
+    round_index: int
+    party: int
+
+    def header(self, counter: int) -> bytes:
+        """The sealed blob's header (in the clear, and authenticated as associated data)."""
+        prefix = MAGIC + bytes((FORMAT_VERSION, _SEALED, self.role.value))
+        return prefix + _HEADER.pack(self.session_id, self.round_index, self.party, counter)
+
+    def check_state(self, state: Mapping[str, Any]) -> None:
+        """The decoded dict names this engine (defence in depth; engines check it too)."""
+        expected: dict[str, Any] = {
+            "session_id": self.session_id,
+            "round_index": self.round_index,
+        }
+        if self.role is Role.CLIENT:
+            expected["party"] = self.party
+        for name, want in expected.items():
+            got = state.get(name)
+            if type(got) is not type(want) or got != want:
+                raise StateError(f"state belongs to another engine: {name}={got!r}, want {want!r}")
+
+
+def client_identity(config: RoundConfig, party: int) -> EngineIdentity:
+    """The identity of party ``party``'s engine in the round ``config``."""
+    return EngineIdentity(Role.CLIENT, config.session_id, config.round_index, party)
+
+
+def server_identity(config: RoundConfig) -> EngineIdentity:
+    """The identity of the server's engine in the round ``config``."""
+    return EngineIdentity(Role.SERVER, config.session_id, config.round_index, SERVER_PARTY)
+
+
+def _state_key(key: bytes, identity: EngineIdentity) -> bytes:
+    """One AES-256 key per engine (role, session, round, party) from the caller's key."""
+    info = STATE_KEY_LABEL + struct.pack(
+        ">BQI", identity.role.value, identity.round_index, identity.party
+    )
+    return HKDF(
+        algorithm=hashes.SHA256(), length=KEY_BYTES, salt=identity.session_id, info=info
+    ).derive(key)
+
+
+def _check_key(key: object) -> bytes:
+    if not isinstance(key, bytes) or len(key) != KEY_BYTES:
+        size = len(key) if isinstance(key, (bytes, bytearray)) else type(key).__name__
+        raise StateError(f"key must be {KEY_BYTES} bytes, got {size}")
+    return key
+
+
+def _check_counter(counter: object, name: str) -> int:
+    if isinstance(counter, bool) or not isinstance(counter, int):
+        raise StateError(f"{name} must be an int, got {type(counter).__name__}")
+    if not 0 <= counter <= _MAX_COUNTER:
+        raise StateError(f"{name} must be in [0, 2^64), got {counter}")
+    return counter
+
+
+class RollbackGuard:
+    """The host's memory of one engine's persisted states: a monotonic counter store.
+
+    Sealing takes :meth:`next_counter`, strictly greater than every counter sealed or opened
+    before. Opening (pass the guard as ``min_counter``) accepts only a counter strictly greater
+    than every counter opened before, and records it once the engine is restored: a blob opens
+    at most once, so neither an older state nor a second copy of the newest one can bring an
+    engine back to a point where it would answer the server again. Restore the guard from
+    storage that the attacker cannot roll back (a TPM counter, a replicated database row);
+    keeping it only in the same directory as the blobs defeats it.
+
+    Args:
+        last_sealed: the highest counter sealed so far (-1: none).
+        last_opened: the highest counter opened so far (-1: none).
+    """
+
+    def __init__(self, *, last_sealed: int = -1, last_opened: int = -1) -> None:
+        for name, value in (("last_sealed", last_sealed), ("last_opened", last_opened)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+                raise StateError(f"{name} must be an int >= -1, got {value!r}")
+        self.last_sealed = last_sealed
+        self.last_opened = last_opened
+
+    def next_counter(self) -> int:
+        """A counter for the next sealed state (recorded as sealed)."""
+        counter = max(self.last_sealed, self.last_opened) + 1
+        _check_counter(counter, "counter")
+        self.last_sealed = counter
+        return counter
+
+    @property
+    def min_counter(self) -> int:
+        """The lowest counter :meth:`check` accepts."""
+        return self.last_opened + 1
+
+    def check(self, counter: int) -> None:
+        """Refuse ``counter`` unless it is strictly greater than every counter opened before.
+
+        Raises:
+            StateError: the blob is stale (rolled back) or was already opened.
+        """
+        if counter <= self.last_opened:
+            raise StateError(
+                f"state counter {counter} is not greater than the last opened counter"
+                f" {self.last_opened}: a rolled back or replayed state"
+            )
+
+    def record(self, counter: int) -> None:
+        """Remember that the state sealed with ``counter`` was opened."""
+        self.check(counter)
+        self.last_opened = counter
+
+
+def dump_state(
+    state: Mapping[str, Any],
+    identity: EngineIdentity,
+    *,
+    key: bytes | None = None,
+    counter: int = 0,
+) -> bytes:
+    """Serialise an engine's ``state_dict()``: plaintext without ``key``, sealed with it.
+
+    Raises:
+        StateError: an unencodable value, a bad key, a counter outside [0, 2^64), or a nonzero
+            counter without a key (a plaintext blob has no counter: it would be ignored).
+    """
+    body = encode_value(dict(state))
+    if key is None:
+        if counter != 0:
+            raise StateError(f"counter={counter} needs a key: a plaintext state carries no counter")
+        return MAGIC + bytes((FORMAT_VERSION, _PLAIN, identity.role.value)) + body
+    counter = _check_counter(counter, "counter")
+    header = identity.header(counter)
+    nonce = os.urandom(NONCE_BYTES)  # 96 random bits per blob: never reused under one key
+    sealed = AESGCM(_state_key(_check_key(key), identity)).encrypt(
+        nonce, body, STATE_DOMAIN + header
+    )
+    return header + nonce + sealed
+
+
+def _open(
+    blob: bytes | bytearray | memoryview,
+    identity: EngineIdentity,
+    key: bytes | None,
+    guard: RollbackGuard,
+) -> tuple[dict[str, Any], int | None]:
+    """Authenticate and decode a blob for ``identity``; returns (state dict, counter)."""
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise StateError(f"blob must be bytes, got {type(blob).__name__}")
+    data = bytes(blob)
+    if len(data) < _PREFIX_BYTES or data[: len(MAGIC)] != MAGIC:
+        raise StateError("not a secagg engine state (bad magic or truncated)")
+    version, mode, role = data[len(MAGIC) : _PREFIX_BYTES]
+    if version != FORMAT_VERSION:
+        raise StateError(f"state format version {version} is not supported ({FORMAT_VERSION})")
+    if mode not in (_PLAIN, _SEALED):
+        raise StateError(f"unknown state mode {mode}")
+    if role != identity.role.value:
+        got = Role(role).name if role in (r.value for r in Role) else str(role)
+        raise StateError(f"state belongs to a {got} engine, not a {identity.role.name} engine")
+    counter: int | None = None
+    if mode == _PLAIN:
+        if key is not None:
+            # Downgrade protection: a host that seals never accepts an unsealed blob.
+            raise StateError("a key was given but the state is not sealed: refused")
+        if guard.min_counter != 0:
+            raise StateError("a plaintext state has no counter: min_counter needs a key")
+        body = data[_PREFIX_BYTES:]
+    else:
+        if key is None:
+            raise StateError("the state is sealed: load it with its key")
+        if len(data) < _HEADER.size + _PREFIX_BYTES + NONCE_BYTES + TAG_BYTES:
+            raise StateError(f"sealed state is truncated ({len(data)} bytes)")
+        session_id, round_index, party, counter = _HEADER.unpack_from(data, _PREFIX_BYTES)
+        for name, got, want in (
+            ("session", session_id, identity.session_id),
+            ("round", round_index, identity.round_index),
+            ("party", party, identity.party),
+        ):
+            if got != want:
+                raise StateError(f"state belongs to another engine: {name} {got!r}, want {want!r}")
+        guard.check(counter)
+        header = identity.header(counter)
+        nonce = data[len(header) : len(header) + NONCE_BYTES]
+        try:
+            body = AESGCM(_state_key(_check_key(key), identity)).decrypt(
+                nonce, data[len(header) + NONCE_BYTES :], STATE_DOMAIN + header
+            )
+        except InvalidTag:
+            raise StateError(
+                "sealed state failed authentication (wrong key, tampered or truncated)"
+            ) from None
+    state = decode_value(body)
+    if not isinstance(state, dict):
+        raise StateError(f"state must decode to a dict, got {type(state).__name__}")
+    identity.check_state(state)
+    return state, counter
+
+
+class Restorable(Protocol):
+    """An engine: ``load_state_dict`` restores a fresh engine from a ``state_dict``."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def load_state(
+    engine: Restorable,
+    identity: EngineIdentity,
+    blob: bytes | bytearray | memoryview,
+    *,
+    key: bytes | None = None,
+    min_counter: int | RollbackGuard = 0,
+) -> None:
+    """Restore ``engine`` from a blob of :func:`dump_state`, all or nothing.
+
+    On any failure the engine is left exactly as it was (fresh, loadable with the right blob).
+
+    Args:
+        engine: a fresh engine whose identity is ``identity``.
+        blob: the bytes to restore.
+        key: the caller's 32-byte key if the blob was sealed (a plaintext blob is refused when a
+            key is given: no downgrade).
+        min_counter: the lowest counter accepted, or a :class:`RollbackGuard` (accepts only a
+            counter above every one it saw opened, and records this one on success).
+
+    Raises:
+        StateError: bad magic, version or mode; another role, session, round or party; a stale
+            counter; failed authentication (wrong key, tampering, truncation); a malformed
+            encoding; or a state the engine cannot load.
+        LocalProtocolError: the engine is not fresh (raised by ``load_state_dict``).
+    """
+    if isinstance(min_counter, RollbackGuard):
+        guard = min_counter
+    else:
+        _check_counter(min_counter, "min_counter")
+        guard = RollbackGuard(last_opened=min_counter - 1)
+    state, counter = _open(blob, identity, key, guard)
+    _restore_atomically(engine, lambda: engine.load_state_dict(state))
+    if counter is not None:
+        guard.record(counter)
+
+
+def _restore_atomically(engine: object, action: Callable[[], None]) -> None:
+    """Run ``action``; on any failure put every attribute of ``engine`` back as it was.
+
+    ``load_state_dict`` assigns attributes one by one, so a state that fails half-way (an
+    authentic blob of an older layout, or a forged plaintext one) would leave a half-restored
+    engine. Attributes are reassigned, never mutated in place, so a shallow copy suffices.
+    """
+    snapshot = dict(vars(engine))
+    try:
+        action()
+    except BaseException as exc:
+        attrs = vars(engine)
+        attrs.clear()
+        attrs.update(snapshot)
+        if isinstance(exc, SecAggError) or not isinstance(exc, Exception):
+            raise
+        raise StateError(f"state cannot be loaded into this engine: {exc!r}") from exc
