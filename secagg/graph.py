@@ -81,7 +81,8 @@ class _WordStream:
 
 def _check_seed(seed: bytes) -> None:
     if not isinstance(seed, bytes | bytearray) or len(seed) != SEED_BYTES:
-        raise ValueError(f"graph seed must be {SEED_BYTES} bytes")
+        got = f"{len(seed)} bytes" if isinstance(seed, bytes | bytearray) else type(seed).__name__
+        raise ConfigError(f"graph seed must be {SEED_BYTES} bytes, got {got}")
 
 
 def secure_permutation(n: int, seed: bytes) -> npt.NDArray[np.int64]:
@@ -93,7 +94,7 @@ def secure_permutation(n: int, seed: bytes) -> npt.NDArray[np.int64]:
     below the largest multiple of i+1 that fits in 2^64.
     """
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+        raise ConfigError(f"n must be >= 0, got {n}")
     _check_seed(seed)
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=PERMUTATION_INFO).derive(
         bytes(seed)
@@ -251,7 +252,7 @@ class NeighborGraph:
 def complete_graph(n: int) -> NeighborGraph:
     """The complete graph K_n of SecAgg (Bonawitz et al. 2017): everyone neighbours everyone."""
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise ConfigError(f"n must be >= 1, got {n}")
     everyone = tuple(range(n))
     rows = tuple(everyone[:u] + everyone[u + 1 :] for u in range(n))
     return NeighborGraph(n=n, kind=KIND_COMPLETE, neighbors=rows)
@@ -267,15 +268,21 @@ def harary_graph(n: int, k: int, seed: bytes) -> NeighborGraph:
     known in advance to, an adversary choosing which parties to corrupt.
 
     ``k`` must be even and >= 2. If k >= n-1 every party would be adjacent to all others, so the
-    complete graph is returned (``kind == "complete"``, degree n-1, no seed used).
+    complete graph is returned (``kind == "complete"``, degree n-1, no seed used); then k may be
+    odd, as the finders' complete-graph fallback k = n-1 is.
+
+    Raises:
+        ConfigError: n < 2, k < 2, an odd k < n-1, or a seed that is not 32 bytes.
     """
     if n < 2:
-        raise ValueError(f"a Harary graph needs n >= 2 parties, got {n}")
-    if k < 2 or k % 2:
-        raise ValueError(f"Harary degree k must be even and >= 2, got {k}")
+        raise ConfigError(f"a Harary graph needs n >= 2 parties, got n={n}")
+    if k < 2:
+        raise ConfigError(f"Harary degree k must be even and >= 2, got k={k}")
     _check_seed(seed)
     if k >= n - 1:
         return complete_graph(n)
+    if k % 2:
+        raise ConfigError(f"Harary degree k must be even (or n-1 = {n - 1}), got k={k}")
     ring = secure_permutation(n, seed)  # ring[p] = party at ring position p
     return _ring_graph(ring, k)
 

@@ -103,6 +103,12 @@ def test_finder_fallback_to_complete_graph_with_odd_k_builds() -> None:
     assert plan.config.graph.kind == "complete" and plan.threshold == params.t
     with pytest.raises(ConfigError, match="need n=1000"):
         params.graph(999)
+    # The older recipe, harary_graph(n, params.k, seed), also works on the fallback now.
+    assert secagg.harary_graph(1000, params.k, bytes(32)) == g
+    with pytest.raises(ConfigError, match="even"):
+        secagg.harary_graph(1000, 7, bytes(32))
+    with pytest.raises(ConfigError, match="got 16 bytes"):
+        secagg.harary_graph(1000, 8, bytes(16))
 
 
 @pytest.mark.parametrize("n", [0, 1, 2])
