@@ -19,7 +19,7 @@ protocol and threat model.
 from secagg.arrays import ArraySpec
 from secagg.config import RoundConfig
 from secagg.encoding import FixedPointEncoder, choose_modulus_bits
-from secagg.engine import AggregationResult, ClientEngine, ServerEngine
+from secagg.engine import AggregationResult, ClientEngine, RollbackGuard, ServerEngine
 from secagg.errors import (
     AbortedError,
     ConfigError,
@@ -28,6 +28,7 @@ from secagg.errors import (
     ProtocolError,
     RemoteProtocolError,
     SecAggError,
+    StateError,
 )
 from secagg.graph import (
     GraphParameters,
@@ -58,11 +59,13 @@ __all__ = [
     "NeighborGraph",
     "ProtocolError",
     "RemoteProtocolError",
+    "RollbackGuard",
     "RoundConfig",
     "RoundOutcome",
     "RoundPlan",
     "SecAggError",
     "ServerEngine",
+    "StateError",
     "aggregate",
     "choose_modulus_bits",
     "complete_graph",

@@ -2,6 +2,7 @@
 phase."""
 
 from secagg.engine.client import ClientEngine
+from secagg.engine.persist import RollbackGuard
 from secagg.engine.server import AggregationResult, ServerEngine
 
-__all__ = ["AggregationResult", "ClientEngine", "ServerEngine"]
+__all__ = ["AggregationResult", "ClientEngine", "RollbackGuard", "ServerEngine"]
