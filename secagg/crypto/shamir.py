@@ -233,3 +233,139 @@ def reconstruct_with(coeffs: U64Array, shares: U64Array, secret_bytes: int) -> l
     # Each product is < 2^64 after reduction; summing t < 2^31 reduced terms cannot overflow.
     acc = (shares * coeffs[:, None, None] % _P).sum(axis=0, dtype=np.uint64) % _P
     return _from_limbs(acc, secret_bytes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Row-batched reconstruction: one secret per row, each row with its own holder set (the server's
+# unmasking step on a sparse graph, where every owner's t holders differ). Everything is a fixed
+# number of whole-array passes over the rows: O(t^2) vector multiplications for the Lagrange
+# denominators, one batched inversion (Montgomery's trick along each row, then one vectorized
+# Fermat power per row), and t multiply-adds for the interpolation. No Python loop over secrets.
+
+
+def _mulmod(a: U64Array, b: U64Array) -> U64Array:
+    # Both factors are < p < 2^32, so the product fits in 64 bits before the reduction.
+    return a * b % _P
+
+
+def _powmod_rows(base: U64Array, exponent: int) -> U64Array:
+    """base ** exponent mod p, elementwise (square and multiply over whole arrays)."""
+    result = np.ones_like(base)
+    square = base.copy()
+    while exponent:
+        if exponent & 1:
+            result = _mulmod(result, square)
+        exponent >>= 1
+        if exponent:
+            square = _mulmod(square, square)
+    return result
+
+
+def _inverse_rows(values: U64Array) -> U64Array:
+    """Modular inverses of the non-zero entries of a 2-D array: Montgomery's trick along each
+    row (prefix products), one Fermat inversion per row, then the backward pass."""
+    m, t = values.shape
+    prefix = np.empty((m, t + 1), dtype=np.uint64)
+    prefix[:, 0] = 1
+    for i in range(t):
+        prefix[:, i + 1] = _mulmod(prefix[:, i], values[:, i])
+    inv = _powmod_rows(prefix[:, t], PRIME - 2)
+    out = np.empty_like(values)
+    for i in range(t - 1, -1, -1):
+        out[:, i] = _mulmod(inv, prefix[:, i])
+        inv = _mulmod(inv, values[:, i])
+    return out
+
+
+def lagrange_at_zero_rows(points: npt.ArrayLike) -> U64Array:
+    """Lagrange coefficients at zero for many holder sets of the same size, one set per row.
+
+    Args:
+        points: (m, t) evaluation points; each row distinct and non-zero modulo p.
+
+    Returns:
+        (m, t) array: row r equals ``lagrange_at_zero(tuple(points[r]))``.
+
+    Raises:
+        ValueError: a row repeats a point or contains zero (mod p).
+    """
+    x = np.asarray(points, dtype=np.uint64)
+    if x.ndim != 2:
+        raise ValueError("points must have shape (rows, t)")
+    x = x % _P
+    m, t = x.shape
+    if m == 0 or t == 0:
+        return np.zeros((m, t), dtype=np.uint64)
+    if np.any(x == 0):
+        raise ValueError("evaluation points must be distinct and non-zero")
+    # l_i = prod_{j != i} x_j / (x_j - x_i) = (prod_j x_j) / (x_i * prod_{j != i} (x_j - x_i)).
+    # Work column-major (one contiguous row of m values per holder position).
+    xt = np.ascontiguousarray(x.T)
+    denom = xt.copy()
+    diff = np.empty(m, dtype=np.uint64)
+    for i in range(t):
+        for j in range(i + 1, t):
+            np.subtract(xt[j], xt[i], out=diff)  # wraps mod 2^64 when x_j < x_i
+            diff += _P * (xt[j] < xt[i])  # now x_j - x_i mod p, in [1, p)
+            denom[i] = _mulmod(denom[i], diff)
+            denom[j] = _mulmod(denom[j], _P - diff)  # x_i - x_j
+    if np.any(denom == 0):
+        raise ValueError("evaluation points must be distinct and non-zero")
+    total = xt[0].copy()
+    for i in range(1, t):
+        total = _mulmod(total, xt[i])
+    return _mulmod(_inverse_rows(np.ascontiguousarray(denom.T)), total[:, None])
+
+
+def limbs_to_bytes(limbs: U64Array, secret_bytes: int) -> npt.NDArray[np.uint8]:
+    """Inverse of the limb split for many secrets at once: (m, limbs) -> (m, secret_bytes).
+
+    Raises:
+        ValueError: a row is out of range (a limb >= 2^31 or a value >= 2^(8 L)): the shares
+            that produced it were inconsistent (never return garbage as a key).
+    """
+    nlimbs = limbs_for(secret_bytes)
+    if limbs.ndim != 2 or limbs.shape[1] != nlimbs:
+        raise ValueError("limbs must have shape (m, limbs_for(secret_bytes))")
+    top_bits = 8 * secret_bytes - LIMB_BITS * (nlimbs - 1)
+    if np.any(limbs >> np.uint64(LIMB_BITS)) or np.any(limbs[:, -1] >> np.uint64(top_bits)):
+        raise ValueError("shares are inconsistent (reconstructed value out of range)")
+    out = np.empty((limbs.shape[0], secret_bytes), dtype=np.uint8)
+    for j in range(secret_bytes):
+        i, shift = divmod(8 * j, LIMB_BITS)
+        byte = limbs[:, i] >> np.uint64(shift)
+        if shift + 8 > LIMB_BITS and i + 1 < nlimbs:
+            byte = byte | (limbs[:, i + 1] << np.uint64(LIMB_BITS - shift))
+        out[:, j] = byte & np.uint64(0xFF)
+    return out
+
+
+def reconstruct_rows(
+    points: npt.ArrayLike, shares: npt.ArrayLike, secret_bytes: int
+) -> npt.NDArray[np.uint8]:
+    """Recover one secret per row from its own t holders.
+
+    Args:
+        points: (m, t) evaluation points of the holders of each secret.
+        shares: (m, t, limbs): ``shares[r, i]`` is what holder ``points[r, i]`` revealed.
+        secret_bytes: the secrets' length.
+
+    Returns:
+        (m, secret_bytes) uint8 array of the secrets.
+
+    Raises:
+        ValueError: shapes do not match, a share is not a field element, or a row interpolates
+            to an out-of-range value (inconsistent shares).
+    """
+    s = np.asarray(shares, dtype=np.uint64)
+    coeffs = lagrange_at_zero_rows(points)
+    if s.ndim != 3 or s.shape[:2] != coeffs.shape or s.shape[2] != limbs_for(secret_bytes):
+        raise ValueError("shares must have shape (rows, t, limbs_for(secret_bytes))")
+    if np.any(s >= _P):
+        raise ValueError("malformed shares")
+    acc = np.zeros((s.shape[0], s.shape[2]), dtype=np.uint64)
+    for i in range(s.shape[1]):
+        # acc < p and each product is reduced below p: the sum stays far below 2^64.
+        acc += s[:, i, :] * coeffs[:, i, None] % _P
+        acc %= _P
+    return limbs_to_bytes(acc, secret_bytes)

@@ -7,7 +7,7 @@ party that revealed both b_v and s_v for the same v would hand the server y_v un
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import ItemsView, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 
 import numpy as np
@@ -20,7 +20,13 @@ from secagg.crypto.prg import SEED_BYTES
 from secagg.engine import consistency
 from secagg.engine.masked_input import mask_context
 from secagg.engine.masking import DroppedPartyMasks, self_mask_stream_seed, total_mask_parallel
-from secagg.engine.share_keys import MASK_KEY_BYTES, HeldShares, self_mask_commitment
+from secagg.engine.share_keys import (
+    KEY_SHARE_BYTES,
+    MASK_KEY_BYTES,
+    SELF_SHARE_BYTES,
+    HeldShares,
+    self_mask_commitment,
+)
 from secagg.errors import AbortedError, RemoteProtocolError
 from secagg.messages import SERVER, UnmaskRequest, UnmaskResponse
 
@@ -134,8 +140,77 @@ def client_unmask(
     )
 
 
+class RevealedShares(Mapping[int, dict[int, bytes]]):
+    """The shares of one kind (self-mask seeds or mask keys) revealed so far, stored as each
+    response brought them: an array of owners and one blob of fixed-size shares per responder.
+
+    Nothing is done per share while responses arrive (no dict per owner): the reconstruction
+    sorts all of them at once (:meth:`arrays`). The ``owner -> {holder: share}`` mapping view
+    exists for persistence and inspection and is built on demand.
+    """
+
+    def __init__(self, owners: Sequence[int], share_bytes: int) -> None:
+        self.owners = tuple(owners)
+        self.share_bytes = share_bytes
+        self._holders: list[int] = []
+        self._owner_ids: list[npt.NDArray[np.int64]] = []
+        self._blobs: list[bytes] = []
+
+    def append(self, holder: int, owners: Sequence[int], shares: Sequence[bytes]) -> None:
+        """Record what ``holder`` revealed (checked by the caller)."""
+        if not owners:
+            return
+        self._holders.append(holder)
+        self._owner_ids.append(np.asarray(owners, dtype=np.int64))
+        self._blobs.append(b"".join(shares))
+
+    def arrays(
+        self,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint32]]:
+        """(owner, holder, share limbs) of every revealed share, share limbs as (E, limbs)."""
+        limbs = self.share_bytes // 4
+        if not self._owner_ids:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, np.zeros((0, limbs), dtype=np.uint32)
+        owners = np.concatenate(self._owner_ids)
+        counts = [len(o) for o in self._owner_ids]
+        holders = np.repeat(np.asarray(self._holders, dtype=np.int64), counts)
+        shares = np.frombuffer(b"".join(self._blobs), dtype=">u4").reshape(-1, limbs)
+        return owners, holders, shares
+
+    def _materialize(self) -> dict[int, dict[int, bytes]]:
+        out: dict[int, dict[int, bytes]] = {o: {} for o in self.owners}
+        size = self.share_bytes
+        for holder, owners, blob in zip(self._holders, self._owner_ids, self._blobs, strict=True):
+            for i, owner in enumerate(owners.tolist()):
+                out[owner][holder] = blob[i * size : (i + 1) * size]
+        return out
+
+    def __getitem__(self, owner: int) -> dict[int, bytes]:
+        return self._materialize()[owner]
+
+    def __setitem__(self, owner: int, held: dict[int, bytes]) -> None:
+        """Restore ``owner``'s shares (from a persisted state)."""
+        for holder, share in sorted(held.items()):
+            self.append(holder, (owner,), (share,))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.owners)
+
+    def __len__(self) -> int:
+        return len(self.owners)
+
+    def items(self) -> ItemsView[int, dict[int, bytes]]:
+        return self._materialize().items()
+
+
 class Unmasker:
-    """Server side of Unmasking: collects revealed shares, then reconstructs and unmasks."""
+    """Server side of Unmasking: collects revealed shares, then reconstructs and unmasks.
+
+    Per response the work is a few checks on its owner lists and one append; reconstruction
+    and mask regeneration are batched over all parties at the end (Bonawitz et al. 2017,
+    section 6.2: the server's unmasking cost should be the PRG, not bookkeeping).
+    """
 
     def __init__(
         self,
@@ -164,8 +239,13 @@ class Unmasker:
         self.mask_public = mask_public
         self.expected = expected
         self.responders: set[int] = set()
-        self.self_mask_shares: dict[int, dict[int, bytes]] = {u: {} for u in self.survivors}
-        self.mask_key_shares: dict[int, dict[int, bytes]] = {v: {} for v in self.dropped}
+        n = config.num_parties
+        # 1 for a survivor, 2 for a dropped party: which kind of share of an owner may be shown.
+        self._kind = np.zeros(n, dtype=np.int8)
+        self._kind[np.asarray(self.survivors, dtype=np.int64)] = 1
+        self._kind[np.asarray(self.dropped, dtype=np.int64)] = 2
+        self.self_mask_shares = RevealedShares(self.survivors, SELF_SHARE_BYTES)
+        self.mask_key_shares = RevealedShares(self.dropped, KEY_SHARE_BYTES)
 
     def add(self, message: UnmaskResponse) -> None:
         w = message.sender
@@ -173,24 +253,24 @@ class Unmasker:
             raise RemoteProtocolError(f"unmask response from party {w}, which was not asked")
         if w in self.responders:
             raise RemoteProtocolError(f"party {w} answered the unmask request twice")
-        mine = set(self.peers.get(w, ()))
+        mine = self.peers.get(w, ())
         groups = (
-            (message.self_mask_owners, message.self_mask_shares, self.self_mask_shares, SEED_BYTES),
-            (
-                message.mask_key_owners,
-                message.mask_key_shares,
-                self.mask_key_shares,
-                MASK_KEY_BYTES,
-            ),
+            (message.self_mask_owners, message.self_mask_shares, self.self_mask_shares, 1),
+            (message.mask_key_owners, message.mask_key_shares, self.mask_key_shares, 2),
         )
-        for owners, shares, store, size in groups:
-            if not set(owners) <= mine or not all(o in store for o in owners):
+        for owners, shares, store, kind in groups:
+            if not owners:
+                continue
+            # Only shares of the owners this party holds shares of (its partners in U2), and
+            # of the right kind for each owner (b_v of survivors, s_v of dropped parties).
+            if not set(owners).issubset(mine) or not np.all(
+                self._kind[np.asarray(owners, dtype=np.int64)] == kind
+            ):
                 raise RemoteProtocolError(f"party {w} revealed a share it should not have")
-            if shares and len(shares[0]) != 4 * shamir.limbs_for(size):
+            if any(len(s) != store.share_bytes for s in shares):
                 raise RemoteProtocolError(f"party {w} revealed a malformed share")
         for owners, shares, store, _ in groups:
-            for owner, share in zip(owners, shares, strict=True):
-                store[owner][w] = share
+            store.append(w, owners, shares)
         self.responders.add(w)
 
     def finish(
@@ -207,20 +287,21 @@ class Unmasker:
                 not match the advertised public key).
         """
         ctx = mask_context(self.config)
-        seeds = _reconstruct_all(self.self_mask_shares, self.config.threshold, SEED_BYTES)
-        keys_ = _reconstruct_all(self.mask_key_shares, self.config.threshold, MASK_KEY_BYTES)
+        t = self.config.threshold
+        seeds = _reconstruct_all(self.self_mask_shares, t, SEED_BYTES)
+        keys_ = _reconstruct_all(self.mask_key_shares, t, MASK_KEY_BYTES)
         for u in self.survivors:
             if (
                 u in self.commitments
                 and self_mask_commitment(self.config, u, seeds[u]) != self.commitments[u]
             ):
                 raise RemoteProtocolError(f"shares of party {u}'s self-mask seed are inconsistent")
-        survivors = set(self.survivors)
+        alive = self._kind == 1
         dropped_masks = []
         for v, sk in keys_.items():
             if keys.x25519_public(sk) != self.mask_public[v]:
                 raise RemoteProtocolError(f"shares of party {v}'s mask key are inconsistent")
-            live = tuple((w, self.mask_public[w]) for w in self.peers[v] if w in survivors)
+            live = tuple((w, self.mask_public[w]) for w in self.peers[v] if alive[w])
             if live:
                 dropped_masks.append(DroppedPartyMasks(v, sk, live))
         self_seeds = [(u, self_mask_stream_seed(ctx, seeds[u], u)) for u in self.survivors]
@@ -229,44 +310,29 @@ class Unmasker:
         return encoding.reduce(result, self.config.modulus_bits)
 
 
-def _reconstruct_all(
-    shares: dict[int, dict[int, bytes]], threshold: int, secret_bytes: int
-) -> dict[int, bytes]:
-    """Rebuild every owner's secret from its first t holders (sorted), batching owners that
-    share a holder set so that each set's Lagrange coefficients are computed once."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for owner, held in shares.items():
-        if len(held) < threshold:
-            raise AbortedError(
-                f"only {len(held)} shares of party {owner}'s secret, fewer than the threshold"
-                f" {threshold}"
-            )
-        groups.setdefault(tuple(sorted(held)[:threshold]), []).append(owner)
-    # The complete graph gives sets that are one common base minus the owner: derive those
-    # coefficients from the base's in O(t) instead of O(t^2) each.
-    all_holders = sorted({h for held in shares.values() for h in held})
-    base = tuple(h + 1 for h in all_holders[: threshold + 1])
-    base_set = set(base)
-    out: dict[int, bytes] = {}
-    plain_sets = []
-    for holders in groups:
-        points = tuple(h + 1 for h in holders)
-        missing = base_set - set(points)
-        if not (len(base) == threshold + 1 and len(missing) == 1 and set(points) <= base_set):
-            plain_sets.append(points)
-    batched = dict(zip(plain_sets, shamir.lagrange_at_zero_many(plain_sets), strict=True))
-    for holders, owners in groups.items():
-        points = tuple(h + 1 for h in holders)
-        if points in batched:
-            coeffs = batched[points]
-        else:
-            coeffs = shamir.lagrange_at_zero_excluding(base, (base_set - set(points)).pop())
-        limbs = shamir.limbs_for(secret_bytes)
-        blob = b"".join(shares[o][h] for h in holders for o in owners)
-        matrix = np.frombuffer(blob, dtype=">u4").reshape(len(holders), len(owners), limbs)
-        try:
-            secrets = shamir.reconstruct_with(coeffs, matrix.astype(np.uint64), secret_bytes)
-        except ValueError as exc:
-            raise RemoteProtocolError(f"revealed shares are inconsistent: {exc}") from None
-        out.update(zip(owners, secrets, strict=True))
-    return out
+def _reconstruct_all(shares: RevealedShares, threshold: int, secret_bytes: int) -> dict[int, bytes]:
+    """Rebuild every owner's secret from its first t holders (sorted by id), all owners in one
+    batch: one sort of all revealed shares, then row-batched Lagrange interpolation (each owner
+    has its own holder set on a sparse graph)."""
+    required = np.asarray(shares.owners, dtype=np.int64)
+    if required.size == 0:
+        return {}
+    owners, holders, limbs = shares.arrays()
+    counts = np.bincount(owners, minlength=int(required.max()) + 1)[required]
+    short = np.flatnonzero(counts < threshold)
+    if short.size:
+        owner = int(required[short[0]])
+        raise AbortedError(
+            f"only {int(counts[short[0]])} shares of party {owner}'s secret, fewer than the"
+            f" threshold {threshold}"
+        )
+    order = np.lexsort((holders, owners))
+    starts = np.searchsorted(owners[order], required)
+    picked = order[starts[:, None] + np.arange(threshold)[None, :]]  # (m, t) share indices
+    try:
+        secrets = shamir.reconstruct_rows(
+            holders[picked] + 1, limbs[picked].astype(np.uint64), secret_bytes
+        )
+    except ValueError as exc:
+        raise RemoteProtocolError(f"revealed shares are inconsistent: {exc}") from None
+    return dict(zip(shares.owners, (bytes(row) for row in secrets), strict=True))
