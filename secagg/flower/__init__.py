@@ -11,19 +11,16 @@ Flower. See docs/flower.md for what differs from Flower's implementation and why
 """
 
 from secagg.flower._compat import ClientPolicy, PolicyError
+from secagg.flower.driver import DEFAULT_STAGE_TIMEOUT, EngineRound, RoundReport
 from secagg.flower.mod import make_secaggplus_mod, secagg_mod, secaggplus_mod
 from secagg.flower.quantization import FlowerQuantizer
 from secagg.flower.records import NamespaceError
-from secagg.flower.workflow import (
-    DEFAULT_STAGE_TIMEOUT,
-    RoundReport,
-    SecAggPlusWorkflow,
-    SecAggWorkflow,
-)
+from secagg.flower.workflow import SecAggPlusWorkflow, SecAggWorkflow
 
 __all__ = [
     "DEFAULT_STAGE_TIMEOUT",
     "ClientPolicy",
+    "EngineRound",
     "FlowerQuantizer",
     "NamespaceError",
     "PolicyError",

@@ -25,26 +25,21 @@ Mapping of Flower's parameters (docs/flower.md has the full table):
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from typing import Any, cast
 
-from secagg import encoding
 from secagg import graph as graphs
-from secagg import messages as wire
 from secagg.config import RoundConfig
 from secagg.crypto import rng
-from secagg.engine import ServerEngine
-from secagg.errors import AbortedError, ConfigError, RemoteProtocolError, SecAggError
-from secagg.flower import _codec, _compat, records
+from secagg.engine import AggregationResult
+from secagg.errors import AbortedError, ConfigError, SecAggError
+from secagg.flower.driver import EngineRound, RoundReport
 from secagg.flower.quantization import FlowerQuantizer, flat_size
 
 try:
     import flwr.compat.common.recorddict_compat as compat
-    from flwr.app import ConfigRecord, Context, Message, RecordDict
-    from flwr.app.message_type import MessageType
+    from flwr.app import Context
     from flwr.common import FitRes, ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.server.client_proxy import ClientProxy
     from flwr.server.compat.legacy_context import LegacyContext
@@ -57,54 +52,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 log = logging.getLogger("secagg.flower")
-
-#: Seconds the workflow waits for the nodes' replies in each stage when ``timeout`` is None.
-DEFAULT_STAGE_TIMEOUT = 600.0
-
-#: The stage name of the Grid round trip that delivers each engine message type.
-_STAGE_OF = {
-    wire.MessageType.KEY_DIRECTORY: records.SHARE_KEYS,
-    wire.MessageType.SHARE_DELIVERY: records.COLLECT_MASKED_VECTORS,
-    wire.MessageType.SURVIVOR_LIST: records.CONSISTENCY,
-    wire.MessageType.UNMASK_REQUEST: records.UNMASK,
-}
-#: What a node must answer in each stage.
-_REPLY_OF = {
-    records.SETUP: wire.MessageType.ADVERTISE_KEYS,
-    records.SHARE_KEYS: wire.MessageType.ENCRYPTED_SHARES,
-    records.COLLECT_MASKED_VECTORS: wire.MessageType.MASKED_INPUT,
-    records.CONSISTENCY: wire.MessageType.SURVIVOR_SIGNATURE,
-    records.UNMASK: wire.MessageType.UNMASK_RESPONSE,
-}
-
-
-@dataclass
-class RoundReport:
-    """What happened in the last round (``workflow.last_report``), by Flower node id.
-
-    Attributes:
-        round: Flower's round number.
-        sampled: the nodes the strategy sampled (party i is ``sampled[i]``).
-        survivors: nodes whose input is in the sum.
-        dropped: sampled nodes whose input is not in the sum.
-        refused: nodes whose reply was refused (error reply, malformed or oversized record,
-            spoofed sender, a message the engine rejected), with the reason.
-        error: why the round halted, or None if it completed.
-        neighbors / threshold / modulus_bits: the engine parameters used.
-        stage_seconds: wall time of each stage (Grid round trip included).
-    """
-
-    round: int = 0
-    sampled: tuple[int, ...] = ()
-    survivors: tuple[int, ...] = ()
-    dropped: tuple[int, ...] = ()
-    refused: dict[int, str] = field(default_factory=dict)
-    error: str | None = None
-    neighbors: int = 0
-    threshold: int = 0
-    modulus_bits: int = 0
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-
 
 class SecAggPlusWorkflow:
     """Drop-in for ``flwr.server.workflow.SecAggPlusWorkflow`` (same positional and keyword
@@ -331,18 +278,15 @@ class SecAggWorkflow(SecAggPlusWorkflow):
 
 
 class _Round:
-    """One round: the ServerEngine driven over Flower's Grid."""
+    """One round: configure_fit, the engine round over the Grid, aggregate_fit."""
 
     def __init__(
         self, wf: SecAggPlusWorkflow, grid: Grid, context: LegacyContext, report: RoundReport
     ) -> None:
         self.wf, self.grid, self.context, self.report = wf, grid, context, report
-        self.timeout = wf.timeout if wf.timeout is not None else DEFAULT_STAGE_TIMEOUT
         cfg = context.state.config_records[MAIN_CONFIGS_RECORD]
         self.current_round = cast(int, cfg[WorkflowKey.CURRENT_ROUND])
         report.round = self.current_round
-        self.fit_replies: dict[int, Message] = {}
-        self.failures: list[BaseException] = []
 
     def run(self) -> None:
         wf, context = self.wf, self.context
@@ -354,15 +298,11 @@ class _Round:
         )
         if not proxy_fitins:
             raise AbortedError("configure_fit: no clients selected")
-        self.fitins = {
-            proxy.node_id: compat.fitins_to_recorddict(fitins, True)
-            for proxy, fitins in proxy_fitins
+        fitins = {
+            proxy.node_id: compat.fitins_to_recorddict(ins, True) for proxy, ins in proxy_fitins
         }
         self.proxies: dict[int, ClientProxy] = {p.node_id: p for p, _ in proxy_fitins}
-        node_ids = sorted(self.fitins)
-        self.node_ids = node_ids
-        self.party_of = {nid: i for i, nid in enumerate(node_ids)}
-        self.report.sampled = tuple(node_ids)
+        node_ids = sorted(fitins)
         n = len(node_ids)
         self.shapes = [
             tuple(a.shape) for a in parameters_to_ndarrays(proxy_fitins[0][1].parameters)
@@ -376,7 +316,7 @@ class _Round:
             if missing:
                 raise ConfigError(f"no verify key for sampled nodes {missing[:5]}")
             verify = tuple(wf.verify_keys[nid] for nid in node_ids)
-        self.config = RoundConfig(
+        config = RoundConfig(
             session_id=rng.token_bytes(16),
             round_index=self.current_round,
             graph=g,
@@ -387,159 +327,49 @@ class _Round:
             verify_keys=verify,
             tolerated_colluders=wf.tolerated_colluders,
         )
-        # No honest reply is larger than a packed masked vector plus per-party records.
-        self.payload_limit = min(
-            records.MAX_PAYLOAD_BYTES,
-            2 * encoding.packed_size(self.config.dim, bits) + 4096 * (n + 16),
-        )
-        self.report.neighbors, self.report.threshold = g.degree, t
-        self.report.modulus_bits = bits
-        self.engine = ServerEngine(self.config, executor=wf.executor, workers=wf.workers)
-        round_meta = _codec.encode(
-            {
-                "node_ids": node_ids,
-                "shapes": [list(s) for s in self.shapes],
-                "clipping_range": float(wf.clipping_range),
-                "quantization_range": int(wf.quantization_range),
-                "max_weight": float(wf.max_weight),
-                "hide_num_examples": wf.hide_num_examples,
-                "hide_metrics": wf.hide_metrics,
-            }
-        )
-        setup = {
-            "stage": records.SETUP,
-            "config": _compat.config_to_bytes(self.config),
-            "round": round_meta,
+        meta = {
+            "encoding": "flower",
+            "shapes": [list(s) for s in self.shapes],
+            "clipping_range": float(wf.clipping_range),
+            "quantization_range": int(wf.quantization_range),
+            "max_weight": float(wf.max_weight),
+            "hide_num_examples": wf.hide_num_examples,
+            "hide_metrics": wf.hide_metrics,
         }
-        outgoing = self._stage(records.SETUP, {nid: dict(setup) for nid in node_ids})
-        while self.engine.result is None:
-            if not outgoing:
-                raise AbortedError("the engine produced no messages for the next stage")
-            stage = _STAGE_OF[outgoing[0].TYPE]
-            outgoing = self._stage(
-                stage,
-                {
-                    node_ids[m.recipient]: {"stage": stage, "payload": wire.encode(m)}
-                    for m in outgoing
-                },
-            )
-        self._finish()
+        self.round = EngineRound(
+            self.grid,
+            config,
+            node_ids,
+            meta,
+            timeout=wf.timeout,
+            group_id=str(self.current_round),
+            collect_content=fitins.__getitem__,
+            report=self.report,
+            executor=wf.executor,
+            workers=wf.workers,
+        )
+        self._finish(self.round.run())
 
-    def _stage(self, stage: str, fields: dict[int, dict[str, Any]]) -> list[wire.Message]:
-        """One Grid round trip: send each node its record, feed the valid replies to the engine,
-        close the phase with whoever answered."""
-        start = time.perf_counter()
-        messages = []
-        for nid, record in fields.items():
-            # The masked-vector stage carries the strategy's FitIns: the nodes train on it.
-            collect = stage == records.COLLECT_MASKED_VECTORS
-            content = self.fitins[nid] if collect else RecordDict()
-            content.config_records[records.RECORD_KEY] = ConfigRecord(cast(Any, record))
-            # A decoy for Flower's own mod: its check_stage refuses it with our sentence.
-            content.config_records[records.FLOWER_RECORD_KEY] = ConfigRecord(
-                {"stage": records.DECOY_STAGE}
-            )
-            messages.append(
-                Message(
-                    content=content,
-                    dst_node_id=nid,
-                    message_type=MessageType.TRAIN,
-                    group_id=str(self.current_round),
-                )
-            )
-        replies = self.grid.send_and_receive(messages, timeout=self.timeout)
-        asked = set(fields)
-        answered: set[int] = set()
-        outgoing: list[wire.Message] = []
-        for reply in replies:
-            nid = reply.metadata.src_node_id
-            if nid not in asked or nid in answered:
-                continue  # not asked, or a duplicate: never reaches the engine
-            answered.add(nid)
-            msg = self._accept(stage, nid, reply)
-            if msg is None:
-                continue
-            outgoing += self._feed(nid, msg)
-            if stage == records.COLLECT_MASKED_VECTORS and nid not in self.report.refused:
-                self.fit_replies[nid] = reply
-        if self.engine.result is None and not outgoing and self.engine.expected:
-            outgoing = self.engine.close_phase()
-        self.report.stage_seconds[stage] = time.perf_counter() - start
-        return outgoing
-
-    def _accept(self, stage: str, nid: int, reply: Message) -> wire.Message | None:
-        """A node's reply as an engine message, or None (the node counts as dropped)."""
-        if reply.has_error():
-            return self._refused(nid, f"error reply: {reply.error.reason}")
-        try:
-            record = reply.content.config_records.get(records.RECORD_KEY)
-            payload = None if record is None else record.get("payload")
-            if not isinstance(payload, bytes):
-                return self._refused(nid, "reply without a secagg.flower payload")
-            if len(payload) > self.payload_limit:
-                return self._refused(
-                    nid, f"oversized payload ({len(payload)} bytes, limit {self.payload_limit})"
-                )
-            msg = wire.decode(payload, max_bytes=self.payload_limit)
-        except (RemoteProtocolError, ValueError, TypeError) as exc:
-            return self._refused(nid, f"malformed record: {exc}")
-        if msg.TYPE is not _REPLY_OF[stage]:
-            return self._refused(nid, f"sent {msg.TYPE.name} in stage {stage}")
-        if msg.sender != self.party_of[nid]:
-            return self._refused(
-                nid,
-                f"spoofed sender: node {nid} is party {self.party_of[nid]}, message claims"
-                f" party {msg.sender}",
-            )
-        return msg
-
-    def _feed(self, nid: int, msg: wire.Message) -> list[wire.Message]:
-        """Give the engine one message; a message it rejects is that node dropping out (the
-        engine is restored to its state before the message, so nothing of it remains)."""
-        snapshot = self.engine.state_dict()
-        try:
-            return self.engine.receive(msg)
-        except AbortedError:
-            raise
-        except RemoteProtocolError as exc:
-            self._refuse(nid, f"rejected by the engine: {exc}")
-            engine = ServerEngine(self.config, executor=self.wf.executor, workers=self.wf.workers)
-            engine.load_state_dict(snapshot)
-            self.engine = engine
-            return []
-
-    def _refuse(self, nid: int, reason: str) -> None:
-        """Record that ``nid``'s reply was refused: the node counts as dropped."""
-        self.report.refused[nid] = reason
-        self.failures.append(RemoteProtocolError(f"node {nid}: {reason}"))
-        log.warning("secagg: node %d dropped: %s", nid, reason)
-
-    def _refused(self, nid: int, reason: str) -> wire.Message | None:
-        self._refuse(nid, reason)
-        return None
-
-    def _finish(self) -> None:
-        result = self.engine.result
-        assert result is not None
+    def _finish(self, result: AggregationResult) -> None:
         wf, context = self.wf, self.context
-        survivors = [self.node_ids[p] for p in result.survivors]
-        self.report.survivors = tuple(survivors)
-        self.report.dropped = tuple(nid for nid in self.node_ids if nid not in set(survivors))
+        survivors = list(self.report.survivors)
         aggregated = wf.quantizer.dequantize(result.total, len(survivors), self.shapes)
         parameters = ndarrays_to_parameters(aggregated)
         results: list[tuple[ClientProxy, FitRes]] = []
         for nid in survivors:
-            reply = self.fit_replies.get(nid)
+            reply = self.round.fit_replies.get(nid)
             if reply is None:  # pragma: no cover - a survivor always sent its masked input
                 continue
             fitres = compat.recorddict_to_fitres(reply.content, keep_input=True)
             fitres.parameters = parameters
             results.append((self.proxies[nid], fitres))
         log.info(
-            "aggregate_fit: received %s results and %s failures", len(results), len(self.failures)
+            "aggregate_fit: received %s results and %s failures",
+            len(results),
+            len(self.round.failures),
         )
         parameters_aggregated, metrics_aggregated = context.strategy.aggregate_fit(
-            self.current_round, results, cast(Any, self.failures)
+            self.current_round, results, cast(Any, self.round.failures)
         )
         if parameters_aggregated:
             context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
