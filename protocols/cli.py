@@ -30,6 +30,7 @@ _DP_FLAGS = {
     "dp_bits": "--dp-bits",
     "dp_steps": "--dp-steps",
     "dp_lr": "--dp-lr",
+    "dp_records": "--dp-records",
 }
 _DP_DEFAULTS = {"delta": 1e-5, "dp_clip": 1.0, "dp_bits": 20, "dp_steps": 2, "dp_lr": 4.0}
 #: Part-selection and upload flags that only the parameter-part protocol reads.
@@ -190,6 +191,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="server step size of noisy steps; with --dp only (4.0)",
     )
     train.add_argument(
+        "--dp-records",
+        type=positive_int,
+        default=None,
+        help="a PUBLIC, data-independent count of the training records of all parties: it"
+        " normalises the noisy sums and sizes the modulus (nothing the server computes depends"
+        " on exact row counts); with --dp only (adult: from its published metadata; a CSV needs"
+        " it)",
+    )
+    train.add_argument(
+        "--preprocessing",
+        choices=["public", "fitted"],
+        default=None,
+        help="features from published metadata only (public: adult only; inside the DP"
+        " guarantee) or fitted on the pooled training rows (fitted: the only choice for a CSV;"
+        " a DP claim is then conditional on that fixed preprocessing) (public for adult)",
+    )
+    train.add_argument(
         "--model", choices=["logreg", "mlp"], default="logreg", help="the model (logreg)"
     )
     train.add_argument(
@@ -267,6 +285,10 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise UsageError("--dropout would be ignored by --protocol centralized (no parties)")
         if args.split != "iid":
             raise UsageError("--split would be ignored by --protocol centralized (no parties)")
+    if args.dataset != "adult" and args.preprocessing == "public":
+        raise UsageError(
+            "--preprocessing public needs published metadata, which only the adult data set has"
+        )
     if args.dataset == "adult":
         if args.target is not None:
             raise UsageError(
@@ -304,7 +326,9 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         steps_per_round=value("dp_steps", _DP_DEFAULTS),
         server_lr=value("dp_lr", _DP_DEFAULTS),
         bits=value("dp_bits", _DP_DEFAULTS),
+        records=args.dp_records,
     )
+    preprocessing = args.preprocessing or ("public" if args.dataset == "adult" else "fitted")
     settings = ProtocolSettings(
         model=args.model,
         download_fraction=value("download_fraction", _PART_DEFAULTS),
@@ -331,8 +355,9 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         split=args.split,
         settings=settings,
         dp=dp,
+        preprocessing=preprocessing,
     )
-    data = runner.load_data(args.dataset, args.target, args.seed)
+    data = runner.load_data(args.dataset, args.target, args.seed, preprocessing)
     result: dict[str, Any] = runner.run(options, progress=log, data=data)
     if args.out:
         runs = {args.protocol + (" (secure)" if result["secure"] else ""): result}
@@ -360,4 +385,7 @@ def _human_train(report: dict[str, Any]) -> str:
     )
     if f.get("epsilon") is not None:
         text += f", epsilon {f['epsilon']:.3f} at delta {report['delta']:g}"
+    privacy = report.get("privacy")
+    if privacy:
+        text += f"\n{privacy['claim']}"
     return text

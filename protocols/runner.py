@@ -125,6 +125,8 @@ def run(
         secure = settings.secure
     last = rounds[-1]
     return {
+        "preprocessing": data.preprocessing,
+        **({"privacy": privacy_claim(options, data, last)} if options.dp.mode != "none" else {}),
         "protocol": options.protocol,
         "dataset": data.source,
         "secure": secure,
@@ -144,6 +146,41 @@ def run(
             "epsilon": last.get("epsilon"),
         },
         "seconds": time.perf_counter() - started,
+    }
+
+
+PRIVACY_UNIT = "one training record of one party (add/remove-one adjacency)"
+
+
+def privacy_claim(options: TrainOptions, data: TabularData, last: dict[str, Any]) -> dict[str, Any]:
+    """What the reported epsilon means, in one object (printed by ``secagg train`` too)."""
+    eps = last.get("epsilon")
+    inside = data.preprocessing == "public"
+    against = {
+        "distributed": "the server (semi-honest) and anyone with the model",
+        "central": "anyone with the model, not the server (it sees the plain sums)",
+        "both": "the server even if it saw a party's contribution unmasked, and anyone with the"
+        " model",
+        "local": "everyone, the server and the other parties included",
+    }[options.dp.mode]
+    condition = (
+        "preprocessing uses published metadata only, so it is inside the guarantee"
+        if inside
+        else "CONDITIONAL on fixed preprocessing: feature statistics and category sets were"
+        " fitted on the pooled training rows and are treated as public constants; one record's"
+        " influence on them is NOT covered"
+    )
+    eps_text = "n/a" if eps is None else f"{eps:.3f}"
+    return {
+        "unit": PRIVACY_UNIT,
+        "epsilon": eps,
+        "delta": options.dp.delta,
+        "against": against,
+        "preprocessing": data.preprocessing,
+        "preprocessing_inside_guarantee": inside,
+        "amplification": "none claimed",
+        "claim": f"DP ({options.dp.mode}): epsilon {eps_text} at delta {options.dp.delta:g} for"
+        f" {PRIVACY_UNIT}, against {against}; {condition}.",
     }
 
 

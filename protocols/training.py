@@ -131,9 +131,16 @@ def local_train_dp_sgd(
     lr: float,
     noise_multiplier: float,
     max_grad_norm: float,
+    trainable: npt.NDArray[np.bool_] | None = None,
 ) -> tuple[int, float]:
     """Train ``model`` in place with DP-SGD through Opacus (Poisson sampling, per-example
     clipping to ``max_grad_norm``, Gaussian noise ``noise_multiplier * max_grad_norm``).
+
+    ``trainable`` (a flat mask in ``model.parameters()`` order, the party's part): only those
+    coordinates train. Every per-example gradient is zeroed outside the part BEFORE Opacus clips
+    it, so the clipping budget is spent on the part alone, and the coordinates outside are reset
+    after every step (Opacus adds its noise to every coordinate). The released change on the part
+    is still DP-SGD output: masking a per-example gradient is a fixed function of that example.
 
     Opacus' noise comes from torch's generator: ``secure_mode`` needs torchcsprng, which does
     not build for this torch, so this path is NOT hardened against the floating-point noise
@@ -168,6 +175,18 @@ def local_train_dp_sgd(
             poisson_sampling=True,
         )
     loss_fn = nn.BCEWithLogitsLoss()
+    params = list(private._module.parameters())
+    masks: list[torch.Tensor] | None = None
+    if trainable is not None:
+        flat_mask = torch.as_tensor(np.asarray(trainable, dtype=bool))
+        size = sum(p.numel() for p in params)
+        if flat_mask.numel() != size:
+            raise ValueError(f"trainable has {flat_mask.numel()} entries, the model {size}")
+        masks, start = [], 0
+        for p in params:
+            masks.append(flat_mask[start : start + p.numel()].reshape(p.shape))
+            start += p.numel()
+    frozen = [p.detach().clone() for p in params]
     steps = 0
     private.train()
     with warnings.catch_warnings():
@@ -180,7 +199,16 @@ def local_train_dp_sgd(
                     continue
                 optimizer.zero_grad()
                 loss_fn(private(xb), yb).backward()
+                if masks is not None:
+                    for p, m in zip(params, masks, strict=True):
+                        gs = p.grad_sample  # (batch, *p.shape): Opacus' per-example gradients
+                        if gs is not None:
+                            gs.mul_(m.to(gs.dtype))
                 optimizer.step()
+                if masks is not None:
+                    with torch.no_grad():
+                        for p, m, f in zip(params, masks, frozen, strict=True):
+                            p.copy_(torch.where(m, p, f))
     with torch.no_grad():
         for dst, src in zip(model.parameters(), private._module.parameters(), strict=True):
             dst.copy_(src)

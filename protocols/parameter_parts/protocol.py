@@ -208,6 +208,7 @@ class ParameterPartsTrainer:
                     lr=s.lr,
                     noise_multiplier=self._local_noise(party),
                     max_grad_norm=s.local_dp_clip,
+                    trainable=selection.party_mask(party.index),  # only the party's part
                 )
                 self._local_accountants[party.index].step(
                     rdp_sampled_gaussian(rate, self._local_noise(party), DEFAULT_ORDERS),
