@@ -109,6 +109,25 @@ class ServerEngine(GuardedEngine):
             return frozenset(self._unmasker.expected - self._unmasker.responders)
         return frozenset()
 
+    def _waiting(self) -> int:
+        """``len(self.expected)`` in O(1): every collector accepts only expected senders, once
+        each, so the count is a difference of sizes (building the set per message made a
+        phase quadratic in n)."""
+        if self.state is ServerState.COLLECT_KEYS:
+            return self.config.num_parties - len(self._keys.entries)
+        if self.state is ServerState.COLLECT_SHARES:
+            assert self._router is not None
+            return len(self._router.present) - len(self._router.sealed)
+        if self.state is ServerState.COLLECT_MASKED_INPUTS:
+            assert self._sum is not None
+            return len(self._sum.expected) - len(self._sum.received)
+        if self.state is ServerState.COLLECT_SIGNATURES:
+            return len(self._survivors) - len(self._signatures)
+        if self.state is ServerState.COLLECT_UNMASK:
+            assert self._unmasker is not None
+            return len(self._unmasker.expected) - len(self._unmasker.responders)
+        return 0
+
     def receive(self, message: Message | bytes) -> list[Message]:
         """Handle one party's message; returns the next phase's messages when this one completes.
 
@@ -129,7 +148,7 @@ class ServerEngine(GuardedEngine):
                 RemoteProtocolError(f"{msg.TYPE.name} is not expected in state {self.state.name}")
             )
         self._guard(lambda: self._accept(msg))
-        if not self.expected:
+        if not self._waiting():
             return self.close_phase()
         return []
 
