@@ -22,6 +22,7 @@ import numpy as np
 
 from secagg import messages as wire
 from secagg.config import RoundConfig
+from secagg.encoding import FixedPointEncoder
 from secagg.engine import ClientEngine
 from secagg.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from secagg.flower import _codec, _compat, records
@@ -47,6 +48,11 @@ _PAYLOAD_OF = {
 
 CallNext = Callable[[Message, Context], Message]
 Mod = Callable[[Message, Context, CallNext], Message]
+
+#: The ``encoding`` of the round meta for message-API apps (see ``_encode_update``).
+FIXED_POINT = "fixed_point"
+#: The ArrayRecord a message-API ClientApp replies with (its update on its part).
+UPDATE_RECORD = "secagg.update"
 
 #: node_config key naming a file with the node's Ed25519 signing key (64 hex digits), for the
 #: active mode when no key is passed to :func:`make_secaggplus_mod`.
@@ -142,16 +148,19 @@ class _NodeSession:
             raise RemoteProtocolError(f"setup: this node ({me}) is not in the round's node list")
         party = node_ids.index(me)
         _compat.check_policy(self.policy, config, party)
-        quant = _quantizer(meta)
-        shapes = _shapes(meta)
-        if flat_size(shapes) != config.dim:
-            raise RemoteProtocolError("setup: parameter shapes do not match the vector length")
-        needed = quant.modulus_bits(2**config.modulus_bits, config.num_parties)
-        if needed > config.modulus_bits:
-            raise ConfigError(
-                f"setup: modulus_bits={config.modulus_bits} cannot hold a sum of"
-                f" {config.num_parties} values in [0, {quant.quantization_range}] (needs {needed})"
-            )
+        if meta.get("encoding", "flower") == "flower":
+            quant = _quantizer(meta)
+            if flat_size(_shapes(meta)) != config.dim:
+                raise RemoteProtocolError("setup: parameter shapes do not match the vector length")
+            needed = quant.modulus_bits(2**config.modulus_bits, config.num_parties)
+            if needed > config.modulus_bits:
+                raise ConfigError(
+                    f"setup: modulus_bits={config.modulus_bits} cannot hold a sum of"
+                    f" {config.num_parties} values in [0, {quant.quantization_range}]"
+                    f" (needs {needed})"
+                )
+        elif meta.get("encoding") != FIXED_POINT:
+            raise RemoteProtocolError(f"setup: unknown encoding {meta.get('encoding')!r}")
         state: dict[str, Any] = {
             "config": raw_config,
             "round": raw_round,
@@ -174,6 +183,8 @@ class _NodeSession:
         out_msg = call_next(msg, ctxt)
         if out_msg.has_error():
             raise LocalProtocolError(f"the ClientApp's training failed: {out_msg.error.reason}")
+        if meta.get("encoding") == FIXED_POINT:
+            return self._encode_update(meta, engine, out_msg)
         fitres = compat.recorddict_to_fitres(out_msg.content, keep_input=True)
         arrays = parameters_to_ndarrays(fitres.parameters)
         shapes = _shapes(meta)
@@ -194,6 +205,49 @@ class _NodeSession:
         if meta.get("hide_metrics"):
             fitres.metrics = {}
         return compat.fitres_to_recorddict(fitres, keep_input=True)
+
+    def _encode_update(
+        self, meta: dict[str, Any], engine: ClientEngine, out_msg: Message
+    ) -> RecordDict:
+        """Message-API training (the parameter-part app): the reply's ArrayRecord
+        :data:`UPDATE_RECORD` holds ``values`` (the node's change on its part, in block order)
+        and, with a count channel, ``uploaded`` (0/1 per value). Encoded in fixed point
+        (clip, scale, CSPRNG stochastic rounding), masked; the plaintext never leaves."""
+        content = out_msg.content
+        update = content.array_records.pop(UPDATE_RECORD, None)
+        if update is None or "values" not in update:
+            raise LocalProtocolError(
+                f"the ClientApp's reply lacks the ArrayRecord {UPDATE_RECORD!r} with 'values'"
+            )
+        config = engine.config
+        try:
+            encoder = FixedPointEncoder(
+                float(meta["clip"]),
+                int(meta["value_bits"]),
+                config.modulus_bits,
+                config.num_parties,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RemoteProtocolError(f"setup: bad fixed-point parameters: {exc}") from None
+        values = np.asarray(update["values"].numpy(), dtype=np.float64).ravel()
+        words = encoder.encode(values)
+        if meta.get("count_channel"):
+            if "uploaded" not in update:
+                raise LocalProtocolError("the round has a count channel: send 'uploaded' flags")
+            flags = np.asarray(update["uploaded"].numpy()).ravel() != 0
+            if flags.size != values.size:
+                raise LocalProtocolError("'uploaded' must have one flag per value")
+            words = np.concatenate([words, flags.astype(words.dtype)])
+        expected = config.input_length(engine.party)
+        if words.size != expected:
+            raise LocalProtocolError(
+                f"the update has {words.size} words, this node's part needs {expected}"
+            )
+        engine.set_input(words)
+        if meta.get("hide_metrics"):
+            for name in list(content.metric_records):
+                content.metric_records.pop(name)
+        return content
 
     # -- plumbing --------------------------------------------------------------------------
 
