@@ -17,7 +17,7 @@ from secagg.cli import UsageError, add_command, writable_directory
 WEAKENINGS: dict[str, tuple[str, ...]] = {
     "server-view": ("no-masks",),
     "inversion": ("no-secure-aggregation",),
-    "collusion": ("low-threshold",),
+    "collusion": ("low-threshold", "legacy-rule"),
     "dp": ("no-noise", "low-noise"),
 }
 
