@@ -31,6 +31,7 @@ newest state (:class:`RollbackGuard`), can. See docs/persistence.md for the host
 from __future__ import annotations
 
 import enum
+import itertools
 import os
 import struct
 from collections.abc import Callable, Mapping
@@ -70,10 +71,107 @@ def _int_body(value: int) -> bytes:
     return value.to_bytes(length, "big", signed=True)
 
 
-def _length(n: int, where: str) -> bytes:
+_EMPTY_INT = bytes((_INT, 0))
+_SMALL_INTS = [bytes((_INT, 1, v)) for v in range(128)]
+
+
+class _EncodeError(Exception):
+    """Raised deep inside the encoder; containers add their index on the way out, so the path
+    is only built when something fails (never on the hot path)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path: list[str] = []
+
+
+def _encode_int(value: int) -> bytes:
+    if 0 <= value < 128:
+        return _SMALL_INTS[value] if value else _EMPTY_INT
+    body = _int_body(value)
+    if len(body) > MAX_INT_BYTES:
+        raise _EncodeError(f"integer of {len(body)} bytes > MAX_INT_BYTES={MAX_INT_BYTES}")
+    return bytes((_INT, len(body))) + body
+
+
+def _encode_str(value: str) -> bytes:
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _EncodeError("string is not valid UTF-8 (lone surrogate)") from None
+    return bytes((_STR,)) + _length(len(raw)) + raw
+
+
+def _encode_key(key: object) -> bytes:
+    if type(key) is int:
+        return _encode_int(key)
+    if type(key) is str:
+        return _encode_str(key)
+    if isinstance(key, (bool, np.bool_)) or not isinstance(key, (int, np.integer, str)):
+        raise _EncodeError(f"dict key {key!r:.40} of type {type(key).__name__} is not int or str")
+    return _encode_int(int(key)) if isinstance(key, (int, np.integer)) else _encode_str(str(key))
+
+
+def _length(n: int) -> bytes:
     if n > _MAX_LEN:
-        raise StateError(f"{where}: length {n} exceeds the codec's 2^32 - 1")
+        raise _EncodeError(f"length {n} exceeds the codec's 2^32 - 1")
     return _U32.pack(n)
+
+
+def _first(item: tuple[bytes, object]) -> bytes:
+    return item[0]
+
+
+def _encode_into(out: list[bytes], v: Any, depth: int) -> None:
+    kind = type(v)
+    if kind is int:
+        out.append(_encode_int(v))
+    elif kind is bytes:
+        out.append(bytes((_BYTES,)) + _length(len(v)))
+        out.append(v)
+    elif v is None:
+        out.append(b"\x00")
+    elif kind is bool or isinstance(v, np.bool_):
+        out.append(b"\x02" if v else b"\x01")
+    elif kind is str:
+        out.append(_encode_str(v))
+    elif kind is list or kind is tuple:
+        if depth >= MAX_DEPTH:
+            raise _EncodeError(f"nesting deeper than MAX_DEPTH={MAX_DEPTH}")
+        out.append(bytes((_LIST,)) + _length(len(v)))
+        for i, item in enumerate(v):
+            try:
+                _encode_into(out, item, depth + 1)
+            except _EncodeError as exc:
+                exc.path.append(f"[{i}]")
+                raise
+    elif kind is dict:
+        if depth >= MAX_DEPTH:
+            raise _EncodeError(f"nesting deeper than MAX_DEPTH={MAX_DEPTH}")
+        # Canonical order: by the keys' encodings (a total order over int and str keys).
+        items = sorted(((_encode_key(k), k) for k in v), key=_first)
+        if any(a[0] == b[0] for a, b in itertools.pairwise(items)):
+            raise _EncodeError("dict has two keys with the same encoding")
+        out.append(bytes((_DICT,)) + _length(len(items)))
+        for key_bytes, k in items:
+            out.append(key_bytes)
+            try:
+                _encode_into(out, v[k], depth + 1)
+            except _EncodeError as exc:
+                exc.path.append(f"[{k!r:.40}]")
+                raise
+    elif isinstance(v, (int, np.integer)):
+        out.append(_encode_int(int(v)))
+    elif isinstance(v, (bytes, bytearray, memoryview)):
+        raw = bytes(v)
+        out.append(bytes((_BYTES,)) + _length(len(raw)))
+        out.append(raw)
+    elif isinstance(v, str):
+        out.append(_encode_str(str(v)))
+    elif isinstance(v, (list, tuple, dict)):
+        _encode_into(out, list(v) if not isinstance(v, dict) else dict(v), depth)
+    else:
+        raise _EncodeError(f"values of type {type(v).__name__} cannot be persisted")
 
 
 def encode_value(value: Any, *, max_bytes: int = MAX_STATE_BYTES) -> bytes:
@@ -90,136 +188,106 @@ def encode_value(value: Any, *, max_bytes: int = MAX_STATE_BYTES) -> bytes:
             valid UTF-8, or an encoding larger than ``max_bytes``.
     """
     out: list[bytes] = []
-    size = [0]
-
-    def emit(chunk: bytes) -> None:
-        size[0] += len(chunk)
-        if size[0] > max_bytes:
-            raise StateError(f"encoded state exceeds max_bytes={max_bytes}")
-        out.append(chunk)
-
-    def walk(v: Any, depth: int, where: str) -> None:
-        if v is None:
-            emit(bytes((_NONE,)))
-        elif isinstance(v, (bool, np.bool_)):
-            emit(bytes((_TRUE if v else _FALSE,)))
-        elif isinstance(v, (int, np.integer)):
-            body = _int_body(int(v))
-            if len(body) > MAX_INT_BYTES:
-                raise StateError(f"{where}: integer of {len(body)} bytes > {MAX_INT_BYTES}")
-            emit(bytes((_INT, len(body))) + body)
-        elif isinstance(v, (bytes, bytearray, memoryview)):
-            raw = bytes(v)
-            emit(bytes((_BYTES,)) + _length(len(raw), where))
-            emit(raw)
-        elif isinstance(v, str):
-            try:
-                raw = v.encode("utf-8")
-            except UnicodeEncodeError:
-                raise StateError(f"{where}: string is not valid UTF-8 (lone surrogate)") from None
-            emit(bytes((_STR,)) + _length(len(raw), where) + raw)
-        elif isinstance(v, (list, tuple)):
-            if depth >= MAX_DEPTH:
-                raise StateError(f"{where}: nesting deeper than MAX_DEPTH={MAX_DEPTH}")
-            emit(bytes((_LIST,)) + _length(len(v), where))
-            for i, item in enumerate(v):
-                walk(item, depth + 1, f"{where}[{i}]")
-        elif isinstance(v, dict):
-            if depth >= MAX_DEPTH:
-                raise StateError(f"{where}: nesting deeper than MAX_DEPTH={MAX_DEPTH}")
-            items: list[tuple[bytes, Any, str]] = []
-            for k, item in v.items():
-                if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer, str)):
-                    raise StateError(
-                        f"{where}: dict key {k!r} of type {type(k).__name__} is not int or str"
-                    )
-                key_bytes = encode_value(k, max_bytes=max_bytes)
-                items.append((key_bytes, item, f"{where}[{k!r}]"))
-            # Canonical order: by the keys' encodings (a total order over int and str keys).
-            items.sort(key=lambda entry: entry[0])
-            emit(bytes((_DICT,)) + _length(len(items), where))
-            for key_bytes, item, path in items:
-                emit(key_bytes)
-                walk(item, depth + 1, path)
-        else:
-            raise StateError(f"{where}: values of type {type(v).__name__} cannot be persisted")
-
-    walk(value, 0, "state")
-    return b"".join(out)
+    try:
+        _encode_into(out, value, 0)
+    except _EncodeError as exc:
+        where = "state" + "".join(reversed(exc.path))
+        raise StateError(f"{where}: {exc.message}") from None
+    except RecursionError:  # only reachable through a custom container subclass
+        raise StateError(f"state: nesting deeper than MAX_DEPTH={MAX_DEPTH}") from None
+    data = b"".join(out)
+    if len(data) > max_bytes:
+        raise StateError(f"encoded state of {len(data)} bytes exceeds max_bytes={max_bytes}")
+    return data
 
 
-class _Reader:
-    """Strict decoder over one buffer. Every failure is a StateError naming the offset."""
+def _decode(data: bytes) -> Any:
+    """Decode one value filling ``data`` (bytes indexing: ints, no per-item memoryviews)."""
+    end = len(data)
+    unpack_u32 = _U32.unpack_from
 
-    def __init__(self, data: bytes) -> None:
-        self.view = memoryview(data)
-        self.pos = 0
+    def truncated(what: str, pos: int, need: int) -> StateError:
+        return StateError(
+            f"truncated state: {what} needs {need} bytes at offset {pos}, {end - pos} left"
+        )
 
-    def take(self, n: int, what: str) -> memoryview:
-        if n > len(self.view) - self.pos:
-            raise StateError(
-                f"truncated state: {what} needs {n} bytes at offset {self.pos},"
-                f" {len(self.view) - self.pos} left"
-            )
-        chunk = self.view[self.pos : self.pos + n]
-        self.pos += n
-        return chunk
-
-    def length(self, what: str, min_item_bytes: int) -> int:
-        n: int = _U32.unpack(self.take(4, f"{what} length"))[0]
+    def length(pos: int, what: str, min_item_bytes: int) -> int:
+        if pos + 4 > end:
+            raise truncated(f"{what} length", pos, 4)
+        n: int = unpack_u32(data, pos)[0]
         # Bound counts by the bytes left, so a forged count cannot make us loop or allocate.
-        if n * min_item_bytes > len(self.view) - self.pos:
+        if n * min_item_bytes > end - pos - 4:
             raise StateError(
-                f"truncated state: {what} of {n} items at offset {self.pos} exceeds the input"
+                f"truncated state: {what} of {n} items at offset {pos} exceeds the input"
             )
         return n
 
-    def value(self, depth: int) -> Any:
-        start = self.pos
-        tag = self.take(1, "tag")[0]
-        if tag == _NONE:
-            return None
-        if tag == _FALSE:
-            return False
-        if tag == _TRUE:
-            return True
+    def value(pos: int, depth: int) -> tuple[Any, int]:
+        if pos >= end:
+            raise truncated("tag", pos, 1)
+        tag = data[pos]
         if tag == _INT:
-            n = self.take(1, "integer length")[0]
-            body = bytes(self.take(n, "integer"))
+            if pos + 2 > end:
+                raise truncated("integer length", pos + 1, 1)
+            n = data[pos + 1]
+            stop = pos + 2 + n
+            if stop > end:
+                raise truncated("integer", pos + 2, n)
+            body = data[pos + 2 : stop]
             result = int.from_bytes(body, "big", signed=True)
-            if _int_body(result) != body:
-                raise StateError(f"non-canonical integer at offset {start} (not minimal)")
-            return result
-        if tag == _BYTES:
-            return bytes(self.take(self.length("bytes", 1), "bytes"))
-        if tag == _STR:
-            raw = bytes(self.take(self.length("string", 1), "string"))
+            if n and (n > 1 or result == 0) and _int_body(result) != body:
+                raise StateError(f"non-canonical integer at offset {pos} (not minimal)")
+            return result, stop
+        if tag == _NONE:
+            return None, pos + 1
+        if tag == _FALSE:
+            return False, pos + 1
+        if tag == _TRUE:
+            return True, pos + 1
+        if tag in (_BYTES, _STR):
+            n = length(pos + 1, "bytes" if tag == _BYTES else "string", 1)
+            stop = pos + 5 + n
+            raw = data[pos + 5 : stop]
+            if tag == _BYTES:
+                return raw, stop
             try:
-                return raw.decode("utf-8", errors="strict")
+                return raw.decode("utf-8", errors="strict"), stop
             except UnicodeDecodeError:
-                raise StateError(f"string at offset {start} is not valid UTF-8") from None
+                raise StateError(f"string at offset {pos} is not valid UTF-8") from None
         if tag in (_LIST, _DICT):
             if depth >= MAX_DEPTH:
-                raise StateError(f"nesting deeper than MAX_DEPTH={MAX_DEPTH} at offset {start}")
+                raise StateError(f"nesting deeper than MAX_DEPTH={MAX_DEPTH} at offset {pos}")
             if tag == _LIST:
-                return [self.value(depth + 1) for _ in range(self.length("list", 1))]
+                count = length(pos + 1, "list", 1)
+                pos += 5
+                items: list[Any] = []
+                for _ in range(count):
+                    item, pos = value(pos, depth + 1)
+                    items.append(item)
+                return items, pos
+            count = length(pos + 1, "dict", 3)
+            pos += 5
             out: dict[int | str, Any] = {}
             previous = b""
-            for _ in range(self.length("dict", 3)):
-                key_start = self.pos
-                if self.pos < len(self.view) and self.view[self.pos] not in (_INT, _STR):
-                    raise StateError(f"dict key at offset {key_start} is not an int or a string")
-                key = self.value(depth + 1)
-                key_bytes = bytes(self.view[key_start : self.pos])
+            for _ in range(count):
+                if pos < end and data[pos] not in (_INT, _STR):
+                    raise StateError(f"dict key at offset {pos} is not an int or a string")
+                key, stop = value(pos, depth + 1)
+                key_bytes = data[pos:stop]
                 if key_bytes <= previous:
                     raise StateError(
-                        f"dict keys at offset {key_start} are not strictly sorted (duplicate or"
-                        " out of canonical order)"
+                        f"dict keys at offset {pos} are not strictly sorted (duplicate or out of"
+                        " canonical order)"
                     )
                 previous = key_bytes
-                out[key] = self.value(depth + 1)
-            return out
-        raise StateError(f"unknown tag 0x{tag:02x} at offset {start}")
+                out[key], pos = value(stop, depth + 1)
+            return out, pos
+        raise StateError(f"unknown tag 0x{tag:02x} at offset {pos}")
+
+    result, pos = value(0, 0)
+    if pos != end:
+        raise StateError(f"{end - pos} trailing bytes after the state")
+    return result
 
 
 def decode_value(data: bytes | bytearray | memoryview, *, max_bytes: int = MAX_STATE_BYTES) -> Any:
@@ -233,11 +301,7 @@ def decode_value(data: bytes | bytearray | memoryview, *, max_bytes: int = MAX_S
         raise StateError(f"state must be bytes, got {type(data).__name__}")
     if len(data) > max_bytes:
         raise StateError(f"state of {len(data)} bytes exceeds max_bytes={max_bytes}")
-    reader = _Reader(data if isinstance(data, bytes) else bytes(data))
-    value = reader.value(0)
-    if reader.pos != len(reader.view):
-        raise StateError(f"{len(reader.view) - reader.pos} trailing bytes after the state")
-    return value
+    return _decode(data if isinstance(data, bytes) else bytes(data))
 
 
 # -- the envelope --------------------------------------------------------------------------------
