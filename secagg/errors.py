@@ -18,6 +18,11 @@ class ConfigError(SecAggError, ValueError):
     """A configuration is invalid (raised when it is built, before any protocol step)."""
 
 
+class PolicyError(ConfigError):
+    """A valid configuration is below what this party's :class:`~secagg.config.ClientPolicy`
+    accepts (for example a lower threshold, or semi-honest mode where active is required)."""
+
+
 class EncodingError(SecAggError, ValueError):
     """Values cannot be encoded into the chosen modulus without wrap-around, or a payload is bad."""
 

@@ -90,6 +90,11 @@ class BlockLayout:
                 out[b].append(party)
         return tuple(tuple(h) for h in out)
 
+    @cached_property
+    def holding_sets(self) -> tuple[frozenset[int], ...]:
+        """``holdings`` as sets, for membership tests."""
+        return tuple(frozenset(blocks) for blocks in self.holdings)
+
     def input_length(self, party: int) -> int:
         """Length of ``party``'s input vector (its blocks, concatenated)."""
         return int(sum(self.block_sizes[b] for b in self.holdings[party]))

@@ -28,7 +28,7 @@ import numpy as np
 from secagg.errors import RemoteProtocolError
 
 MAGIC = b"SAGG"
-VERSION = 1
+VERSION = 2
 SERVER = 0xFFFFFFFF
 MAX_PARTIES = 1 << 20
 MAX_WIRE_BYTES = 1 << 30
@@ -209,14 +209,17 @@ class MaskedInput(Message):
 
 @dataclass(frozen=True)
 class SurvivorList(Message):
-    """Server -> party (active mode): the parties whose masked input arrived, to be signed."""
+    """Server -> party (active mode): the parties whose masked input arrived (U3) and the dropped
+    parties whose mask keys will be asked for (D'), to be signed as one list."""
 
     TYPE: ClassVar[MessageType] = MessageType.SURVIVOR_LIST
     survivors: tuple[int, ...] = field(kw_only=True)
+    dropped: tuple[int, ...] = field(kw_only=True, default=())
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_sorted_unique(self.survivors, "survivors")
+        _check_sorted_unique(self.dropped, "dropped")
 
 
 @dataclass(frozen=True)
@@ -474,6 +477,7 @@ def _write_body(w: _Writer, m: Message) -> None:
         w.raw(m.payload)
     elif isinstance(m, SurvivorList):
         w.ids(m.survivors)
+        w.ids(m.dropped)
     elif isinstance(m, SurvivorSignature):
         w.raw(m.signature)
     elif isinstance(m, UnmaskRequest):
@@ -592,7 +596,7 @@ def _read_body(kind: MessageType, r: _Reader, head: tuple[bytes, int, int, int])
             peers_signature=peers_signature,
         )
     if kind is MessageType.SURVIVOR_LIST:
-        return SurvivorList(*head, survivors=r.ids())
+        return SurvivorList(*head, survivors=r.ids(), dropped=r.ids())
     if kind is MessageType.SURVIVOR_SIGNATURE:
         return SurvivorSignature(*head, signature=r.take(SIGNATURE_BYTES))
     if kind is MessageType.UNMASK_REQUEST:

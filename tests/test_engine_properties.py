@@ -35,10 +35,14 @@ SETTINGS = settings(
 @st.composite
 def scenarios(draw: st.DrawFn, max_n: int = 40) -> dict:
     n = draw(st.integers(3, max_n))
-    kinds = ["complete", "harary"] if n >= 4 else ["complete"]
-    kind = draw(st.sampled_from(kinds))
-    k = draw(st.sampled_from(list(range(2, n - 1, 2)))) if kind == "harary" else n - 1
     active = draw(st.booleans())
+    # Active mode runs only where its argument holds: complete graphs and Harary rings with
+    # n >= 3k/2 + 1 (RoundConfig refuses the rest).
+    top = min(n - 2, 2 * (n - 1) // 3) if active else n - 2
+    degrees = list(range(2, top + 1, 2))
+    kinds = ["complete", "harary"] if degrees else ["complete"]
+    kind = draw(st.sampled_from(kinds))
+    k = draw(st.sampled_from(degrees)) if kind == "harary" else n - 1
     # RoundConfig refuses t = 1 (a share would be the secret) and, in active mode, 2t <= k.
     t = draw(st.integers(k // 2 + 1 if active else 2, k))
     dim = draw(st.integers(1, 64))

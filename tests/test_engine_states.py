@@ -364,7 +364,7 @@ def _client_variants(w: World) -> dict[str, wire.Message | bytes]:
         "truncated": good[:-1],
         "trailing byte": good + b"\x00",
         "bad magic": b"XAGG" + good[4:],
-        "bad version": good[:4] + b"\x02" + good[5:],
+        "bad version": good[:4] + b"\x01" + good[5:],
         "unknown type": good[:5] + b"\x63" + good[6:],
     }
 

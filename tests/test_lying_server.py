@@ -25,7 +25,7 @@ from secagg.crypto import keys, prg, shamir
 from secagg.engine import ClientEngine
 from secagg.engine._state import ClientState, ServerState
 from secagg.engine.advertise import signed_payload
-from secagg.engine.consistency import survivors_payload
+from secagg.engine.consistency import list_payload
 from secagg.engine.masked_input import mask_context
 from secagg.engine.masking import pairwise_seed, self_mask_stream_seed
 from secagg.engine.share_keys import MASK_KEY_BYTES
@@ -81,17 +81,23 @@ def genuine_partner_sets(r: Router, party: int) -> tuple[wire.PartnerSet, ...]:
     )
 
 
-def survivor_list(config: RoundConfig, party: int, survivors: tuple[int, ...]) -> bytes:
+def survivor_list(
+    config: RoundConfig, party: int, survivors: tuple[int, ...], dropped: tuple[int, ...] = ()
+) -> bytes:
     base = wire.SurvivorList(config.session_id, config.round_index, SERVER, party, survivors=())
-    return wire.encode(forge(base, survivors=survivors))
+    return wire.encode(forge(base, survivors=survivors, dropped=dropped))
 
 
 def signature(
-    config: RoundConfig, signing: list[bytes], signer: int, survivors: tuple[int, ...]
+    config: RoundConfig,
+    signing: list[bytes],
+    signer: int,
+    survivors: tuple[int, ...],
+    dropped: tuple[int, ...] = (),
 ) -> wire.PartySignature:
     """What party ``signer`` would sign for this list (the server may have it legitimately)."""
     return wire.PartySignature(
-        signer, keys.sign(signing[signer], survivors_payload(config, survivors))
+        signer, keys.sign(signing[signer], list_payload(config, survivors, dropped))
     )
 
 
@@ -299,9 +305,9 @@ L = (0, 1, 2, 3, 4)
 
 
 def _active_forgeries(cfg: RoundConfig, signing: list[bytes]) -> dict[str, bytes]:
-    good = tuple(signature(cfg, signing, p, L) for p in (1, 2, 3, 4))
+    good = tuple(signature(cfg, signing, p, L, (5,)) for p in (1, 2, 3, 4))
     other = (0, 1, 2, 3)
-    other_sigs = tuple(signature(cfg, signing, p, other) for p in (1, 2, 3))
+    other_sigs = tuple(signature(cfg, signing, p, other, (4, 5)) for p in (1, 2, 3))
     alien_cfg = dataclasses.replace(cfg, session_id=os.urandom(16))
     return {
         "different list, validly signed by t others": unmask_request(
@@ -312,15 +318,19 @@ def _active_forgeries(cfg: RoundConfig, signing: list[bytes]) -> dict[str, bytes
         ),
         "signatures over another list": unmask_request(cfg, 0, L, (5,), other_sigs),
         "signatures from another session": unmask_request(
-            cfg, 0, L, (5,), tuple(signature(alien_cfg, signing, p, L) for p in (1, 2, 3))
+            cfg, 0, L, (5,), tuple(signature(alien_cfg, signing, p, L, (5,)) for p in (1, 2, 3, 4))
         ),
         "missing signatures": unmask_request(cfg, 0, L, (5,), ()),
         "too few signatures (t-1)": unmask_request(cfg, 0, L, (5,), good[:2]),
-        "t-1 valid plus one forged": unmask_request(
-            cfg, 0, L, (5,), (*good[:2], wire.PartySignature(3, os.urandom(64)))
+        # t signers certify the list at everyone but themselves: a signer needs t others.
+        "t signatures (a signer's own neighbourhood has only t-1)": unmask_request(
+            cfg, 0, L, (5,), good[:3]
+        ),
+        "t valid plus one forged": unmask_request(
+            cfg, 0, L, (5,), (*good[:3], wire.PartySignature(4, os.urandom(64)))
         ),
         "signature by a non-survivor": unmask_request(
-            cfg, 0, L, (5,), (*good[:2], signature(cfg, signing, 5, L))
+            cfg, 0, L, (5,), (*good[:3], signature(cfg, signing, 5, L, (5,)))
         ),
         "dropped list contains a signer": unmask_request(cfg, 0, L, (4, 5), good),
         "list extended with the dropped party, re-signed by others": unmask_request(
@@ -338,7 +348,8 @@ def _active_forgeries(cfg: RoundConfig, signing: list[bytes]) -> dict[str, bytes
         "signatures from another session",
         "missing signatures",
         "too few signatures (t-1)",
-        "t-1 valid plus one forged",
+        "t signatures (a signer's own neighbourhood has only t-1)",
+        "t valid plus one forged",
         "signature by a non-survivor",
         "dropped list contains a signer",
         "list extended with the dropped party, re-signed by others",
@@ -354,7 +365,7 @@ def test_f_active_client_refuses_skipped_consistency_check(active_round: Router)
     """An unmask request (even with t valid signatures) before the party signed anything."""
     cfg, signing = active_round.config, active_round.signing
     assert signing is not None
-    sigs = tuple(signature(cfg, signing, p, L) for p in (1, 2, 3, 4))
+    sigs = tuple(signature(cfg, signing, p, L, (5,)) for p in (1, 2, 3, 4))
     client = copy.deepcopy(active_round.clients[0])
     assert client.state is ClientState.AWAIT_SURVIVORS
     assert_refused(client, unmask_request(cfg, 0, L, (5,), sigs))
@@ -368,10 +379,11 @@ def test_f_active_client_refuses_to_sign_bad_lists(active_round: Router) -> None
 
 
 def test_f_active_client_answers_the_honest_request(active_round: Router) -> None:
-    """Control: the genuine list with t genuine signatures is answered."""
+    """Control: the genuine list with t + 1 genuine signatures (certified at every party) is
+    answered."""
     cfg, signing = active_round.config, active_round.signing
     assert signing is not None
-    sigs = tuple(signature(cfg, signing, p, L) for p in (0, 1, 2))
+    sigs = tuple(signature(cfg, signing, p, L, (5,)) for p in (0, 1, 2, 3))
     client = _signed(active_round)
     partners = genuine_partner_sets(active_round, 0)
     (resp,) = client.receive(unmask_request(cfg, 0, L, (5,), sigs, partners))
@@ -382,7 +394,7 @@ def test_f_active_client_refuses_without_signed_partner_sets(active_round: Route
     """The same genuine request without its neighbours' signed partner sets is refused."""
     cfg, signing = active_round.config, active_round.signing
     assert signing is not None
-    sigs = tuple(signature(cfg, signing, p, L) for p in (0, 1, 2))
+    sigs = tuple(signature(cfg, signing, p, L, (5,)) for p in (0, 1, 2, 3))
     client = _signed(active_round)
     with pytest.raises(RemoteProtocolError, match="partner set"):
         client.receive(unmask_request(cfg, 0, L, (5,), sigs))
@@ -585,9 +597,9 @@ def _equivocate_active(n: int, t: int, A: tuple[int, ...]):
     L1 = tuple(u for u in range(n) if u != V)
     L2 = tuple(range(n))
     sigs: dict[tuple[int, ...], list[wire.PartySignature]] = {L1: [], L2: []}
-    for group, lst in ((A, L1), (B, L2)):
+    for group, lst, dropped in ((A, L1, (V,)), (B, L2, ())):
         for u in group:
-            (msg,) = r.clients[u].receive(survivor_list(cfg, u, lst))
+            (msg,) = r.clients[u].receive(survivor_list(cfg, u, lst, dropped))
             sigs[lst].append(wire.PartySignature(u, msg.signature))
     return r, A, B, L1, L2, sigs
 

@@ -15,6 +15,7 @@ from secagg.messages import (
     HEADER_BYTES,
     MAX_PARTIES,
     SERVER,
+    VERSION,
     Abort,
     AdvertiseKeys,
     EncryptedShares,
@@ -180,7 +181,7 @@ def test_header_layout(name: str) -> None:
     magic, version, mtype, sid, rnd, sender, recipient, length = struct.unpack_from(
         ">4sBB16sQIII", data
     )
-    assert (magic, version, mtype) == (b"SAGG", 1, int(message.TYPE))
+    assert (magic, version, mtype) == (b"SAGG", VERSION, int(message.TYPE))
     assert (sid, rnd, sender, recipient) == (
         message.session_id,
         message.round_index,
@@ -379,7 +380,7 @@ def test_wrong_magic(magic: bytes) -> None:
         decode(_with_header(ENCODED["survivors"], magic=magic))
 
 
-@pytest.mark.parametrize("version", [0, 2, 255])
+@pytest.mark.parametrize("version", [0, 1, 3, 255])
 def test_wrong_version(version: int) -> None:
     with pytest.raises(MessageDecodeError, match="version"):
         decode(_with_header(ENCODED["survivors"], version=version))

@@ -21,9 +21,10 @@ TAG_BYTES = 16
 OVERHEAD = NONCE_BYTES + TAG_BYTES
 
 
-def share_associated_data(session_id: bytes, round_index: int, sender: int, receiver: int) -> bytes:
-    """The associated data of one share ciphertext."""
-    return b"secagg/v1/share" + session_id + struct.pack(">QII", round_index, sender, receiver)
+def share_associated_data(binding: bytes, round_index: int, sender: int, receiver: int) -> bytes:
+    """The associated data of one share ciphertext. ``binding`` identifies the session: the
+    engine passes the round configuration's digest, which covers the session id."""
+    return b"secagg/v1/share" + binding + struct.pack(">QII", round_index, sender, receiver)
 
 
 def encrypt(key: bytes, plaintext: bytes, associated_data: bytes) -> bytes:

@@ -40,7 +40,10 @@ def derive_key(
     Args:
         input_key: the input keying material (an X25519 shared secret or a random seed).
         purpose: the label that separates this key from every other use.
-        session_id: the session identifier (random, chosen at setup); used as HKDF salt.
+        session_id: what identifies the session, used as HKDF salt. The engine passes the round
+            configuration's digest (``RoundConfig.digest``), which covers the random session id
+            and every other setting, so parties given different configurations derive
+            unrelated keys.
         round_index: the training round (so keys never repeat across rounds).
         parties: party ids bound into ``info``. The caller orders them: sorted for a symmetric key
             (pairwise masks), (sender, receiver) for a directional one (share encryption).

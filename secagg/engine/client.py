@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from secagg import messages as wire
-from secagg.config import RoundConfig
+from secagg.config import ClientPolicy, RoundConfig
 from secagg.engine import consistency, masked_input, persist, share_keys, unmask
 from secagg.engine._state import (
     CLIENT_TRANSITIONS_ACTIVE,
@@ -47,15 +47,32 @@ class ClientEngine(GuardedEngine):
         config: the round's configuration (identical at every party and the server).
         party: this party's id in ``0..n-1``.
         signing_key: the party's long-term Ed25519 private key (active mode only).
+        policy: the least this party accepts (threshold, neighbours, min_holders, active
+            mode...); a configuration below it is refused before any key is drawn.
+
+    Raises:
+        LocalProtocolError: a party id outside the round, or active mode without a signing key.
+        PolicyError: the configuration is below ``policy``.
     """
 
     def __init__(
-        self, config: RoundConfig, party: int, *, signing_key: bytes | None = None
+        self,
+        config: RoundConfig,
+        party: int,
+        *,
+        signing_key: bytes | None = None,
+        policy: ClientPolicy | None = None,
     ) -> None:
+        if not isinstance(config, RoundConfig):
+            raise LocalProtocolError(f"config must be a RoundConfig, got {type(config).__name__}")
+        if isinstance(party, bool) or not isinstance(party, int):
+            raise LocalProtocolError(f"party must be an integer id, got {party!r:.40}")
         if not 0 <= party < config.num_parties:
             raise LocalProtocolError(f"party id {party} is not in 0..{config.num_parties - 1}")
         if config.active and signing_key is None:
             raise LocalProtocolError("active mode needs the party's Ed25519 signing key")
+        if policy is not None:
+            policy.check(config, party)
         self.config = config
         self.party = party
         self._signing_key = signing_key
@@ -73,6 +90,7 @@ class ClientEngine(GuardedEngine):
         self._held: HeldShares | None = None
         self._input: npt.NDArray[np.unsignedinteger] | None = None
         self._signed_survivors: tuple[int, ...] | None = None
+        self._signed_dropped: tuple[int, ...] | None = None
 
     # -- public API ------------------------------------------------------------------------
 
@@ -95,6 +113,8 @@ class ClientEngine(GuardedEngine):
         Raises:
             LocalProtocolError: wrong shape or range, input given twice, or too late.
         """
+        if self.state is ClientState.FAILED:
+            raise LocalProtocolError(f"this engine has failed: {self.error}")
         if self._input is not None:
             self._fail(LocalProtocolError("the input was already set"))
         if self.state not in (
@@ -118,8 +138,12 @@ class ClientEngine(GuardedEngine):
             AbortedError: the server aborted the round.
             LocalProtocolError: the engine already failed or finished.
         """
-        if self.state in (ClientState.FAILED, ClientState.DONE):
-            raise LocalProtocolError(f"engine is {self.state.name}; it accepts no more messages")
+        if self.state is ClientState.FAILED:
+            raise LocalProtocolError(f"this engine has failed: {self.error}")
+        if self.state is ClientState.DONE:
+            raise LocalProtocolError(
+                "the round is over for this engine; it accepts no more messages"
+            )
         msg = self._guard(lambda: self._parse(message))
         if isinstance(msg, wire.Abort):
             self._fail(AbortedError(f"server aborted the round: {msg.reason}"))
@@ -157,18 +181,26 @@ class ClientEngine(GuardedEngine):
                 self.state = next_state
                 return [self._send_masked_input()]
         elif isinstance(msg, wire.SurvivorList):
-            assert self._signing_key is not None
+            assert self._signing_key is not None and self._held is not None
             out.append(
-                consistency.client_sign(self.config, self.party, self._signing_key, msg.survivors)
-            )
-            self._signed_survivors = msg.survivors
-        elif isinstance(msg, wire.UnmaskRequest):
-            assert self._held is not None
-            out.append(
-                unmask.client_unmask(
-                    self.config, self.party, self._held, msg, self._signed_survivors
+                consistency.client_sign(
+                    self.config,
+                    self.party,
+                    self._signing_key,
+                    msg.survivors,
+                    msg.dropped,
+                    self._held.peers,
                 )
             )
+            self._signed_survivors, self._signed_dropped = msg.survivors, msg.dropped
+        elif isinstance(msg, wire.UnmaskRequest):
+            assert self._held is not None
+            signed = (
+                None
+                if self._signed_survivors is None or self._signed_dropped is None
+                else (self._signed_survivors, self._signed_dropped)
+            )
+            out.append(unmask.client_unmask(self.config, self.party, self._held, msg, signed))
             self._wipe()
         self.state = next_state
         return out
@@ -204,6 +236,8 @@ class ClientEngine(GuardedEngine):
         return msg
 
     def _require(self, state: ClientState, what: str) -> None:
+        if self.state is ClientState.FAILED:
+            raise LocalProtocolError(f"this engine has failed: {self.error}")
         if self.state is not state:
             self._fail(LocalProtocolError(f"{what} is only legal in state {state.name}"))
 
@@ -251,6 +285,7 @@ class ClientEngine(GuardedEngine):
             "signed_survivors": None
             if self._signed_survivors is None
             else list(self._signed_survivors),
+            "signed_dropped": None if self._signed_dropped is None else list(self._signed_dropped),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -290,6 +325,9 @@ class ClientEngine(GuardedEngine):
         )
         self._signed_survivors = (
             None if state["signed_survivors"] is None else tuple(state["signed_survivors"])
+        )
+        self._signed_dropped = (
+            None if state.get("signed_dropped") is None else tuple(state["signed_dropped"])
         )
 
     def to_bytes(self, *, key: bytes | None = None, counter: int = 0) -> bytes:

@@ -23,7 +23,7 @@ from secagg.messages import SERVER, MaskedInput
 
 def mask_context(config: RoundConfig) -> MaskContext:
     return MaskContext(
-        config.session_id,
+        config.digest,
         config.round_index,
         config.dim,
         encoding.word_dtype(config.modulus_bits),

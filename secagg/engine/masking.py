@@ -21,10 +21,11 @@ from secagg.layout import BlockLayout
 
 @dataclass(frozen=True)
 class MaskContext:
-    """What seed derivation binds (session, round) and the shape masks take (dim, word type,
-    and, in part-wise mode, the block layout)."""
+    """What seed derivation binds (the round configuration's digest, which covers the session,
+    and the round) and the shape masks take (dim, word type, and, in part-wise mode, the block
+    layout)."""
 
-    session_id: bytes
+    config_digest: bytes
     round_index: int
     dim: int
     dtype: np.dtype[np.unsignedinteger]
@@ -70,7 +71,7 @@ def pairwise_seed(ctx: MaskContext, shared_secret: bytes, u: int, v: int) -> byt
     return kdf.derive_key(
         shared_secret,
         kdf.Purpose.PAIRWISE_MASK,
-        session_id=ctx.session_id,
+        session_id=ctx.config_digest,
         round_index=ctx.round_index,
         parties=(min(u, v), max(u, v)),
         length=prg.SEED_BYTES,
@@ -82,7 +83,7 @@ def self_mask_stream_seed(ctx: MaskContext, self_mask_seed: bytes, owner: int) -
     return kdf.derive_key(
         self_mask_seed,
         kdf.Purpose.SELF_MASK_STREAM,
-        session_id=ctx.session_id,
+        session_id=ctx.config_digest,
         round_index=ctx.round_index,
         parties=(owner,),
         length=prg.SEED_BYTES,

@@ -29,7 +29,7 @@ from secagg.engine._state import SERVER_ACCEPTS, GuardedEngine, ServerState
 from secagg.engine.advertise import KeyCollector
 from secagg.engine.masked_input import MaskedSum
 from secagg.engine.share_keys import ShareRouter
-from secagg.engine.unmask import Unmasker, weak_blocks
+from secagg.engine.unmask import AliveHolders, Unmasker, disconnected_blocks, weak_blocks
 from secagg.errors import AbortedError, LocalProtocolError, ProtocolError, RemoteProtocolError
 from secagg.messages import Message, PartySignature
 
@@ -85,11 +85,23 @@ class ServerEngine(GuardedEngine):
         self._sum: MaskedSum | None = None
         self._survivors: tuple[int, ...] = ()
         self._dropped: tuple[int, ...] = ()
+        # D': the dropped parties some survivor masked with (only their mask keys are needed).
+        self._unmask_dropped: tuple[int, ...] = ()
         self._signatures: dict[int, bytes] = {}
         self._unmasker: Unmasker | None = None
         self._peers: dict[int, tuple[int, ...]] = {}
 
     # -- public API ------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """True once the round finished and :attr:`result` holds the sum."""
+        return self.state is ServerState.DONE
+
+    @property
+    def failed(self) -> bool:
+        """True once the round failed or aborted (:attr:`error` says why)."""
+        return self.state is ServerState.FAILED
 
     @property
     def expected(self) -> frozenset[int]:
@@ -178,7 +190,9 @@ class ServerEngine(GuardedEngine):
             if msg.sender not in self._survivors or msg.sender in self._signatures:
                 raise RemoteProtocolError(f"unexpected survivor signature from {msg.sender}")
             assert self.config.verify_keys is not None
-            payload = consistency.survivors_payload(self.config, self._survivors)
+            payload = consistency.list_payload(
+                self.config, self._survivors, self._unmask_dropped
+            )
             if not keys.verify(self.config.verify_keys[msg.sender], msg.signature, payload):
                 raise RemoteProtocolError(f"invalid survivor signature from {msg.sender}")
             self._signatures[msg.sender] = msg.signature
@@ -213,34 +227,65 @@ class ServerEngine(GuardedEngine):
             self._survivors = tuple(sorted(self._sum.received))
             self._dropped = tuple(sorted(self._sum.expected - self._sum.received))
             alive = set(self._survivors)
+            masked_with_survivor: set[int] = set()
+            alive_holders = AliveHolders(cfg, alive)
             for u in self._survivors:
                 # The conditions every honest party checks before answering: refuse early and
                 # clearly instead of asking parties that will refuse.
-                surviving_peers = alive & set(self._peers.get(u, ()))
+                partners = self._peers.get(u, ())
+                masked_with_survivor.update(partners)
+                surviving_peers = alive.intersection(partners)
                 if len(surviving_peers) < t:
                     raise AbortedError(
                         f"party {u} has only {len(surviving_peers)} surviving neighbours, fewer"
                         f" than the threshold {t}"
                     )
-                weak = weak_blocks(cfg, u, alive, surviving_peers)
+                weak = weak_blocks(cfg, u, alive, surviving_peers, alive_holders)
                 if weak:
                     raise AbortedError(
                         f"blocks {weak[:5]} of party {u} would be revealed for fewer than"
-                        " min_holders surviving holders"
+                        " min_holders surviving holders, or without the partners that keep the"
+                        " block's holders in one group"
                     )
+            # Only the mask keys of dropped parties some survivor masked with are needed: asking
+            # for the others could only lose the round for nothing.
+            self._unmask_dropped = tuple(sorted(masked_with_survivor - alive))
+            # An honest-but-curious server must not even be able to split a block's sum into
+            # the sums of separate groups of holders: refuse to unmask a disconnected block.
+            split = disconnected_blocks(cfg, alive, self._peers)
+            if split:
+                raise AbortedError(
+                    f"the surviving holders of blocks {split[:5]} are not connected by masks:"
+                    " unmasking would reveal the sums of separate groups"
+                )
             if cfg.active:
                 self.state = ServerState.COLLECT_SIGNATURES
                 return [
                     wire.SurvivorList(
-                        cfg.session_id, cfg.round_index, wire.SERVER, u, survivors=self._survivors
+                        cfg.session_id,
+                        cfg.round_index,
+                        wire.SERVER,
+                        u,
+                        survivors=self._survivors,
+                        dropped=self._unmask_dropped,
                     )
                     for u in self._survivors
                 ]
             return self._start_unmask(self._survivors, ())
         if self.state is ServerState.COLLECT_SIGNATURES:
             self._need(len(self._signatures), t, "survivors signed the survivor list")
-            sigs = tuple(PartySignature(p, s) for p, s in sorted(self._signatures.items()))
-            return self._start_unmask(tuple(sorted(self._signatures)), sigs)
+            # Every revealer will check the list is certified at each party its reveals depend
+            # on (t signing neighbours): refuse early instead of asking parties that will refuse.
+            certified = consistency.certification_counts(
+                cfg, self._signatures, self._survivors + self._unmask_dropped
+            )
+            thin = sorted(x for x, c in certified.items() if c < t)
+            if thin:
+                raise AbortedError(
+                    f"the survivor list is not certified at parties {thin[:5]}: fewer than {t}"
+                    " of their neighbours signed it"
+                )
+            return self._start_unmask(tuple(sorted(self._signatures)), ())
         if self.state is ServerState.COLLECT_UNMASK:
             assert self._unmasker is not None and self._sum is not None
             total = self._unmasker.finish(self._sum.total, self.executor, self.workers)
@@ -277,9 +322,11 @@ class ServerEngine(GuardedEngine):
                 wire.SERVER,
                 u,
                 survivors=self._survivors,
-                dropped=self._dropped,
-                signatures=signatures,
-                partner_sets=tuple(partners[w] for w in cfg.neighbors(u) if w in partners),
+                dropped=self._unmask_dropped,
+                signatures=consistency.signatures_for(cfg, u, self._signatures)
+                if cfg.active
+                else signatures,
+                partner_sets=tuple(partners[w] for w in self._peers[u] if w in partners),
             )
             for u in recipients
         ]
@@ -289,7 +336,7 @@ class ServerEngine(GuardedEngine):
         return Unmasker(
             self.config,
             self._survivors,
-            self._dropped,
+            self._unmask_dropped,
             self._peers,
             {u: entries[u].mask_public for u in self._peers},
             expected,
@@ -376,6 +423,7 @@ class ServerEngine(GuardedEngine):
             },
             "survivors": list(self._survivors),
             "dropped": list(self._dropped),
+            "unmask_dropped": list(self._unmask_dropped),
             "signatures": dict(self._signatures),
             "unmask": None
             if unmasker is None
@@ -437,6 +485,7 @@ class ServerEngine(GuardedEngine):
             self._sum.total = np.frombuffer(state["sum"]["total"], dtype=dtype).copy()
         self._survivors = tuple(state["survivors"])
         self._dropped = tuple(state["dropped"])
+        self._unmask_dropped = tuple(state["unmask_dropped"])
         self._signatures = dict(state["signatures"])
         self._unmasker = None
         if state["unmask"] is not None:

@@ -8,6 +8,7 @@ that t of them can later rebuild exactly one of the two for the server.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import struct
 from dataclasses import dataclass, field
 
@@ -54,7 +55,7 @@ def share_encryption_key(
     return kdf.derive_key(
         shared_secret,
         kdf.Purpose.SHARE_ENCRYPTION,
-        session_id=config.session_id,
+        session_id=config.digest,
         round_index=config.round_index,
         parties=(sender, receiver),
     )
@@ -66,7 +67,7 @@ def self_mask_commitment(config: RoundConfig, party: int, self_mask_seed: bytes)
     detects a party that revealed a forged share (which would otherwise corrupt the sum
     silently)."""
     digest = hashlib.sha256(b"secagg/v1/self-mask-commitment")
-    digest.update(config.session_id + struct.pack(">QI", config.round_index, party))
+    digest.update(config.digest + struct.pack(">QI", config.round_index, party))
     digest.update(self_mask_seed)
     return digest.digest()
 
@@ -99,7 +100,7 @@ def client_share_keys(
             + key_shares[i, 0].astype(">u4").tobytes()
         )
         key = share_encryption_key(config, shared[i], party, v)
-        ad = aead.share_associated_data(config.session_id, config.round_index, party, v)
+        ad = aead.share_associated_data(config.digest, config.round_index, party, v)
         sealed.append(aead.encrypt(key, plaintext, ad))
     message = EncryptedShares(
         config.session_id,
@@ -141,7 +142,7 @@ def client_accept_delivery(
     key_shares: dict[int, bytes] = {}
     for v, ciphertext in zip(senders, delivery.ciphertexts, strict=True):
         key = receive_keys[v]
-        ad = aead.share_associated_data(config.session_id, config.round_index, v, party)
+        ad = aead.share_associated_data(config.digest, config.round_index, v, party)
         plaintext = aead.decrypt(key, ciphertext, ad)
         if len(plaintext) != PLAINTEXT_BYTES or _PLAIN.unpack_from(plaintext) != (v, party):
             raise RemoteProtocolError(f"share from party {v} is mislabelled or malformed")
@@ -178,23 +179,40 @@ class ShareRouter:
         self.commitments[u] = message.self_mask_commitment
 
     def deliveries(self) -> dict[int, ShareDelivery]:
-        """U2 -> the ciphertexts its neighbours in U2 sealed for it."""
-        senders: dict[int, list[int]] = {u: [] for u in self.sealed}
-        inbox: dict[int, list[bytes]] = {u: [] for u in self.sealed}
-        for u in sorted(self.sealed):
-            for v, ciphertext in zip(self.present[u], self.sealed[u], strict=True):
-                if v in inbox:
-                    senders[v].append(u)
-                    inbox[v].append(ciphertext)
+        """U2 -> the ciphertexts its neighbours in U2 sealed for it (senders ascending).
+
+        All (sender, receiver) edges are routed at once: one array of receivers, a stable sort
+        by receiver (senders stay ascending within each inbox) and one reordering of the
+        ciphertext references, instead of a Python append per ciphertext.
+        """
         cfg = self.config
+        u2 = sorted(self.sealed)
+        counts = [len(self.present[u]) for u in u2]
+        receivers = np.fromiter(
+            itertools.chain.from_iterable(self.present[u] for u in u2),
+            dtype=np.int64,
+            count=sum(counts),
+        )
+        senders = np.repeat(np.asarray(u2, dtype=np.int64), counts)
+        ciphertexts = list(itertools.chain.from_iterable(self.sealed[u] for u in u2))
+        in_u2 = np.zeros(cfg.num_parties, dtype=bool)
+        in_u2[u2] = True
+        kept = np.flatnonzero(in_u2[receivers])
+        order = kept[np.argsort(receivers[kept], kind="stable")]
+        by_receiver = receivers[order]
+        targets = np.asarray(u2, dtype=np.int64)
+        starts = np.searchsorted(by_receiver, targets, side="left").tolist()
+        ends = np.searchsorted(by_receiver, targets, side="right").tolist()
+        routed = [ciphertexts[i] for i in order.tolist()]
+        from_ = senders[order].tolist()
         return {
             v: ShareDelivery(
                 cfg.session_id,
                 cfg.round_index,
                 SERVER,
                 v,
-                senders=tuple(senders[v]),
-                ciphertexts=tuple(items),
+                senders=tuple(from_[a:b]),
+                ciphertexts=tuple(routed[a:b]),
             )
-            for v, items in inbox.items()
+            for v, a, b in zip(u2, starts, ends, strict=True)
         }

@@ -31,23 +31,110 @@ from secagg.errors import AbortedError, RemoteProtocolError
 from secagg.messages import SERVER, UnmaskRequest, UnmaskResponse
 
 
+def connectivity_degree(config: RoundConfig, alive_holders: int) -> int:
+    """D_b: the fewest surviving partners that hold block b every revealed owner must keep
+    (active mode), so that at most one group of b's surviving holders can ever be unmasked.
+
+    Whatever the server does, it can only remove masks from a set of holders closed under
+    partnership, i.e. a union of components of the partner graph on b's surviving holders A_b,
+    each member of which an honest party checked. If every checked vertex has degree >= |A_b|/2,
+    two disjoint components would need more than |A_b| vertices; on a Harary ring with
+    n >= 3h+1, degree >= h+1 already rules out two components (docs/protocol.md, "Active
+    security on sparse graphs", lemma 2). Either way the one group is all of A_b's checked part,
+    so per-component sums cannot be separated.
+    """
+    floor = config.blocks.min_holders - 1 if config.part_wise else 1
+    bound = alive_holders // 2
+    h = config.graph.ring_half_width
+    if h is not None and config.num_parties >= 3 * h + 1:
+        bound = min(bound, h + 1)
+    return max(floor, bound)
+
+
+class AliveHolders:
+    """|A_b| (surviving holders of block b), computed once per block and cached."""
+
+    def __init__(self, config: RoundConfig, survivors: set[int]) -> None:
+        self.config = config
+        self.survivors = survivors
+        self._counts: dict[int, int] = {}
+
+    def __call__(self, block: int) -> int:
+        count = self._counts.get(block)
+        if count is None:
+            holders = self.config.blocks.holders[block]
+            count = sum(1 for h in holders if h in self.survivors)
+            self._counts[block] = count
+        return count
+
+
 def weak_blocks(
-    config: RoundConfig, party: int, survivors: set[int], surviving_peers: set[int]
+    config: RoundConfig,
+    party: int,
+    survivors: set[int],
+    surviving_peers: set[int],
+    alive_holders: AliveHolders | None = None,
 ) -> list[int]:
-    """Blocks of ``party`` whose sum would not hide its value: fewer than ``min_holders``
-    surviving holders, or fewer than ``min_holders - 1`` surviving neighbours of the party that
-    hold the block (with a sparse graph those are the only masks protecting it: see
-    :mod:`secagg.layout`). Empty when aggregation is not part-wise."""
+    """Blocks of ``party`` whose sum would not hide its value. Semi-honest mode (and the legacy
+    rule): fewer than ``min_holders`` surviving holders, or fewer than ``min_holders - 1``
+    surviving partners of the party that hold the block (with a sparse graph those are the only
+    masks protecting it: see :mod:`secagg.layout`). Active mode adds the connectivity degree
+    :func:`connectivity_degree`. Empty when aggregation is not part-wise."""
     if not config.part_wise:
         return []
     layout = config.blocks
+    count = alive_holders if alive_holders is not None else AliveHolders(config, survivors)
+    strict = config.active and not consistency.legacy_rule()
     weak = []
     for b in layout.holdings[party]:
-        alive = [h for h in layout.holders[b] if h in survivors]
-        masked_with = sum(1 for h in alive if h in surviving_peers)
-        if len(alive) < layout.min_holders or masked_with < layout.min_holders - 1:
+        alive = count(b)
+        need = connectivity_degree(config, alive) if strict else layout.min_holders - 1
+        masked_with = sum(1 for h in surviving_peers if b in _held_set(config, h))
+        if alive < layout.min_holders or masked_with < need:
             weak.append(b)
     return weak
+
+
+def _held_set(config: RoundConfig, party: int) -> frozenset[int]:
+    return config.blocks.holding_sets[party]
+
+
+def disconnected_blocks(
+    config: RoundConfig, survivors: set[int], partners: dict[int, tuple[int, ...]]
+) -> list[int]:
+    """Blocks whose surviving holders are not connected by pairwise masks (partners that both
+    hold the block). Unmasking such a block would hand even an honest-but-curious server the sum
+    of each group separately (issue 8, item 2), so the server refuses it.
+
+    Skipped where a lemma already guarantees connectivity (docs/protocol.md): whole-vector rounds
+    where every survivor kept t surviving partners and either t >= h + 1 on a Harary ring with
+    n >= 3h + 1, or 2(t + 1) > |U3| (two groups of t + 1 do not fit)."""
+    t = config.threshold
+    if not config.part_wise:
+        h = config.graph.ring_half_width
+        if 2 * (t + 1) > len(survivors) or (
+            h is not None and t >= h + 1 and config.num_parties >= 3 * h + 1
+        ):
+            return []
+    layout = config.blocks
+    holds = layout.holding_sets
+    split = []
+    for b, holders in enumerate(layout.holders):
+        alive = [u for u in holders if u in survivors]
+        if len(alive) < 2:
+            continue
+        members = set(alive)
+        seen = {alive[0]}
+        frontier = [alive[0]]
+        while frontier:
+            u = frontier.pop()
+            for w in partners.get(u, ()):
+                if w in members and w not in seen and b in holds[w]:
+                    seen.add(w)
+                    frontier.append(w)
+        if len(seen) != len(members):
+            split.append(b)
+    return split
 
 
 def client_unmask(
@@ -55,32 +142,23 @@ def client_unmask(
     party: int,
     held: HeldShares,
     request: UnmaskRequest,
-    signed_survivors: tuple[int, ...] | None,
+    signed_list: tuple[tuple[int, ...], tuple[int, ...]] | None,
 ) -> UnmaskResponse:
     """Answer an unmask request, or refuse it.
 
     Raises:
         RemoteProtocolError: overlapping or inconsistent lists, this party listed as dropped or
             missing, a neighbour it masked with left out (or one it never masked with listed),
-            fewer than t surviving neighbours, or (active mode) a survivor list other than the
-            one it signed or without t valid signatures.
+            fewer than t surviving neighbours, a block that would be revealed for too few
+            holders, or (active mode) a list other than the one it signed, a missing or invalid
+            partner set, or a list not certified at every party its reveals depend on.
     """
+    consistency.check_list_shape(config, party, request.survivors, request.dropped)
     survivors, dropped = set(request.survivors), set(request.dropped)
-    if any(not 0 <= p < config.num_parties for p in survivors | dropped):
-        raise RemoteProtocolError("unmask request names parties outside this round")
-    if survivors & dropped:
-        raise RemoteProtocolError("survivor and dropped lists overlap")
-    if party not in survivors:
-        raise RemoteProtocolError("unmask request does not list this party as a survivor")
-    if len(survivors) < config.threshold:
-        raise RemoteProtocolError(
-            f"{len(survivors)} survivors, fewer than the threshold {config.threshold}"
-        )
     if config.active:
-        if signed_survivors is None or tuple(request.survivors) != signed_survivors:
+        if signed_list is None or (request.survivors, request.dropped) != signed_list:
             raise RemoteProtocolError("survivor list differs from the one this party signed")
-        consistency.check_signatures(config, request.survivors, request.signatures)
-    elif request.signatures:
+    elif request.signatures or request.partner_sets:
         raise RemoteProtocolError("signatures in a semi-honest round")
     peers = set(held.peers)
     neighbors = set(config.neighbors(party))
@@ -101,31 +179,49 @@ def client_unmask(
             f"only {len(surviving_peers)} surviving neighbours, fewer than the threshold"
             f" {config.threshold}"
         )
+    # The partners of every owner whose self-mask share this party reveals. In active mode they
+    # are the ones each owner signed (the server's routing decided them, so the graph says
+    # nothing): a server that withheld deliveries to isolate an owner on a block is caught.
+    # Semi-honest servers route as the protocol says.
+    partners: dict[int, set[int]] = {party: peers}
+    if config.active:
+        signed = {p.party: p for p in request.partner_sets}
+        for owner in surviving_peers:
+            if owner not in signed:
+                raise RemoteProtocolError(f"no signed partner set for party {owner}")
+            partners[owner] = set(consistency.verified_partners(config, signed[owner]))
+        if consistency.legacy_rule():
+            consistency.verify_legacy(
+                config, request.survivors, request.dropped, request.signatures
+            )
+        else:
+            # Every reveal about v needs the list certified at v; b_v also at v's partners, so
+            # the reveals about v and about its partners all come from this one list.
+            depends_on = set(peers)
+            for owner in surviving_peers:
+                depends_on |= partners[owner]
+            consistency.check_certified(
+                config, request.survivors, request.dropped, request.signatures, depends_on
+            )
+    else:
+        for owner in surviving_peers:
+            partners[owner] = set(config.neighbors(owner))
     # Part-wise: revealing b_w unmasks w's blocks in the sums, so check the blocks of every
     # survivor whose self-mask share this party hands over, not only its own: otherwise a
     # malicious server could collect a thin block's sum from parties that do not hold it.
-    # In active mode the partners are the ones each owner signed (the server's routing decided
-    # them, so the graph says nothing): a server that withheld deliveries to isolate an owner on
-    # a block is caught here. Semi-honest servers route as the protocol says.
-    signed = {p.party: p for p in request.partner_sets}
+    alive_holders = AliveHolders(config, survivors)
     for owner in (party, *surviving_peers):
-        if owner == party:
-            owner_peers = set(surviving_peers)
-        elif config.active:
-            if owner not in signed:
-                raise RemoteProtocolError(f"no signed partner set for party {owner}")
-            owner_peers = survivors & consistency.verified_partners(config, signed[owner])
-            if len(owner_peers) < config.threshold:
-                raise RemoteProtocolError(
-                    f"party {owner} masked with only {len(owner_peers)} surviving partners"
-                )
-        else:
-            owner_peers = survivors & set(config.neighbors(owner))
-        weak = weak_blocks(config, owner, survivors, owner_peers)
+        owner_peers = survivors & partners[owner]
+        if len(owner_peers) < config.threshold:
+            raise RemoteProtocolError(
+                f"party {owner} masked with only {len(owner_peers)} surviving partners"
+            )
+        weak = weak_blocks(config, owner, survivors, owner_peers, alive_holders)
         if weak:
             raise RemoteProtocolError(
                 f"blocks {weak[:5]} of party {owner} would be revealed for fewer than"
-                " min_holders surviving holders"
+                " min_holders surviving holders, or without the partners that keep the block's"
+                " holders in one group"
             )
     dropped_peers = sorted(peers & dropped)
     return UnmaskResponse(
