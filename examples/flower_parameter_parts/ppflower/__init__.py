@@ -1,0 +1,1 @@
+"""The random parameter-part protocol (secagg) as a Flower App."""
