@@ -198,7 +198,7 @@ class MaskedInput(Message):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 2 <= self.modulus_bits <= 64 or self.count < 1:
+        if not 2 <= self.modulus_bits <= 64 or self.count < 0:
             raise ValueError("bad modulus_bits or count")
         _check_sorted_unique(self.peers, "peers")
         if len(self.peers_signature) not in (0, SIGNATURE_BYTES):
