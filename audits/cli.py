@@ -18,7 +18,7 @@ WEAKENINGS: dict[str, tuple[str, ...]] = {
     "server-view": ("no-masks",),
     "inversion": ("no-secure-aggregation",),
     "collusion": ("low-threshold", "legacy-rule"),
-    "dp": ("no-noise", "low-noise"),
+    "dp": ("no-noise", "low-noise", "all-parties", "one-fewer", "one-more"),
 }
 
 

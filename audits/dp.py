@@ -1,45 +1,64 @@
-"""DP audit: empirical epsilon lower bounds next to the accountant's epsilon.
+"""DP audit: the noise the engines really deliver, and empirical epsilon, against the claim.
 
-The audited mechanism is the record-level distributed discrete Gaussian of
-:class:`protocols.dp_training.NoisyGradientTrainer` (``--dp distributed``), configured as the
-default UCI Adult run (10 parties, 26,049 rows, logistic regression with 108 parameters, 20
-rounds of 2 steps, 20 bits), calibrated by the trainer itself at the claimed epsilon. A canary is
-a record whose clipped per-example gradient is a fixed random direction ``u`` (times the clip
-norm) in every step. That is realizable: a logistic-regression record at any model has gradient
-``(sigmoid(w.x + b) - y) [x, 1]``, a fixed direction whose sign never changes, so ``x = u[:-1] /
-u[-1]`` with ``y = 0`` (``u[-1] > 0``) or ``y = 1`` gives ``+-u`` at every step, and its norm
-``|sigmoid - y| / |u[-1]|`` stays above the clip unless the model fits the record almost exactly.
+Audited mechanism: ``--dp distributed`` on the random parameter parts, as
+:class:`protocols.dp_training.NoisyGradientTrainer` calibrates it for the default UCI Adult run
+(10 parties, public record count 26,049, logistic regression with 113 parameters, download
+fraction 0.5 in blocks of 8, ``min_holders`` 3, 20 rounds of 2 steps, 20 bits).
 
-Adversary: the strongest the guarantee allows. It knows every other record, so it subtracts
-their (known) contribution; what remains of each released sum is the canaries' clipped, rotated,
-scaled and conditionally rounded contributions plus the summed integer noise of the fewest
-contributors the server may see (t + 1 parties, each ``discrete_gaussian(sigma2_party)``),
-through the ``B``-bit ring and decoded as the server decodes it. The released sums are simulated
-directly with the library's own functions (``clip_rows``, ``RandomizedHadamard``,
-``round_rows_conditionally``, ``discrete_gaussian``, ``encoding``), not by full training runs.
-The statistic is the cosine between the canary direction and the decoded sums summed over all
-steps (the final model's change, up to the factor ``-lr / rows``).
+What is simulated, and from where:
 
-1. One-shot estimate (Andrew et al. 2024, "One-shot Empirical Privacy Estimation for Federated
-   Learning"): each run inserts ``k`` canaries and holds out ``k`` more; the cosines of inserted
-   and held-out canaries are fitted with Gaussians, and the estimate is the epsilon (at delta) of
-   the Gaussian mechanism with that mean separation (mu-GDP, mu = mean difference / held-out
-   std). The model has only 128 (padded) coordinates, so ``k`` is kept small (canaries overlap
-   with variance ``(k - 1) / d``) and the cosines of several independent runs are pooled. The
-   paper's two-Gaussian form (unequal variances) is reported beside it. 95% interval: bootstrap.
-2. Membership inference with Clopper-Pearson bounds (Jagielski et al. 2020; Nasr et al. 2021):
-   independent trials with the canary in or out, a threshold on the cosine, and
-   ``eps_lb = max_threshold max(log((1 - delta - FNR_hi) / FPR_hi), log((1 - delta - FPR_hi) /
-   FNR_hi))``, each rate bounded one-sided at 97.5% (so both hold jointly with 95%).
+* **parts** come from the trainer's own :meth:`draw_parts` (CSPRNG ``select_parts``), a pool of
+  real draws reused across trials;
+* **survivors**: the canary's owner is party 0; the other parties drop so as to leave the
+  fewest holders on the owner's blocks that the ENGINE still accepts (at most n - t - 1 drops,
+  every block keeping 0 or at least ``min_holders`` surviving holders: the checks the server and
+  every honest party make before unmasking). ``tests/test_audit_dp.py`` runs the real engine on
+  such a pattern and checks it completes with exactly these per-block survivor counts;
+* **noise**: every surviving holder of a block adds what the trainer's calibration gives it
+  (``sigma2_for(floor)``), so each released block sum carries ``alive_b x sigma2_b``: the count
+  comes from the engine's acceptance rules, never from the trainer's idea of it. Sums of ``k``
+  discrete Gaussians are drawn from their exact law (pmf of N_Z(0, s) convolved k times,
+  truncated at 14 standard deviations, inverted with CSPRNG uniforms; checked against the
+  library's sampler in the tests);
+* **canaries**: records whose clipped per-example gradient on the owner's part is ``clip`` times
+  the part of a fixed random unit direction (realizable in logistic regression: the gradient is
+  ``(sigmoid(w.x + b) - y) [x, 1]``, so a record with large ``x`` along the direction is clipped
+  to exactly that in every step), rotated, scaled and conditionally rounded as the trainer does,
+  through the B-bit ring and decoded as the server decodes.
 
-``weaken="no-noise"`` releases the sums without noise, ``weaken="low-noise"`` divides the noise
-variance by 100; both still claim the calibrated epsilon, and the audit must then fail.
+The adversary is the strongest the guarantee allows: it knows every other record (subtracts
+them) and the parts, and scores a canary by the sum over steps of the projection of each step's
+decoded release on the canary's expected contribution (a likelihood-ratio statistic for Gaussian
+noise).
+
+Three checks, each compared with the claimed epsilon:
+
+1. **Delivered noise** (deterministic): the accountant applied to the smallest summed variance
+   any released block actually carries in the pool (``alive_b x sigma2_b``). Catches any
+   calibration for the wrong number of contributors, however small the shortfall.
+2. **Membership inference** (Jagielski et al. 2020; Nasr et al. 2021), a statistical LOWER
+   BOUND: independent trials with the canary in or out, a threshold test, FPR and FNR bounded
+   with one-sided 97.5% Clopper-Pearson each (95% jointly). With N trials per side the bound can
+   never exceed ``log((1 - delta - p0) / p0)``, ``p0`` the bound for 0 errors out of N (reported
+   as ``saturation``): the full audit uses enough trials to exceed 8, ``--quick`` does not.
+3. **One-shot ESTIMATE** (Andrew et al. 2024): inserted vs held-out canaries, Gaussian fits,
+   epsilon of mu-GDP with mu = mean difference / held-out std; bootstrap 95% two-sided
+   interval, and its 5th percentile (a one-sided 95% lower limit of the estimate, not a bound on
+   epsilon) is what the verdict compares.
+
+``weaken`` keeps claiming the calibrated epsilon while changing the noise the parties add:
+``no-noise``; ``low-noise`` (1/100); ``all-parties`` (calibrated for all n parties
+contributing); ``one-fewer`` (calibrated for one contributor fewer than guaranteed, e.g. t
+instead of t + 1 on the whole model: MORE noise than needed, so passing is the right verdict);
+``one-more`` (one contributor more than guaranteed, e.g. t + 2 instead of t + 1: a variance
+shortfall of 1/(floor + 1)).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -50,16 +69,21 @@ import numpy.typing as npt
 from audits.report import write_report
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 CLAIMS = (4.0, 8.0)
 DELTA = 1e-5
-WEAKENINGS = ("no-noise", "low-noise")
-# The default Adult run (docs/dp.md): 10 parties, 26,049 training rows, 107 features + bias.
+WEAKENINGS = ("no-noise", "low-noise", "all-parties", "one-fewer", "one-more")
+# The default Adult run (docs/dp.md): 10 parties, public record count, 112 features + bias.
 PARTIES = 10
-ROWS = 26_049
-FEATURES = 107
+RECORDS = 26_049
+FEATURES = 112
 ROUNDS = 20
+DOWNLOAD_FRACTION = 0.5
+BLOCK_SIZE = 8
+MIN_HOLDERS = 3
 CONFIDENCE = 0.95
+OWNER = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,102 +296,250 @@ def mi_epsilon_lower_bound(
 
 
 # --------------------------------------------------------------------------------------------
-# The mechanism as NoisyGradientTrainer releases it
+# Exact sums of discrete Gaussians (the noise of a block's surviving holders)
 # --------------------------------------------------------------------------------------------
 
 
-class Mechanism:
-    """The calibrated distributed discrete Gaussian of the default Adult run, from a real
-    :class:`NoisyGradientTrainer` (its calibration, rotation code and accounting)."""
+class NoiseSumTable:
+    """The exact law of the sum of ``count`` independent N_Z(0, sigma2): the discrete Gaussian
+    pmf on +-14 sigma (the mass outside is below 1e-40) raised to the ``count``-th power in the
+    Fourier domain, sampled by inverting its CDF with 53-bit CSPRNG uniforms."""
 
-    def __init__(self, epsilon: float, rounds: int, weaken: str | None) -> None:
-        from protocols.dp_training import DPOptions, NoisyGradientTrainer
-        from protocols.models import make_model
+    def __init__(self, sigma2: Fraction, count: int) -> None:
+        self.count = count
+        s2 = float(sigma2)
+        if count == 0 or s2 == 0.0:
+            self.cdf: FloatArray | None = None
+            self.offset = 0
+            return
+        half = math.ceil(14.0 * math.sqrt(s2)) + 1
+        x = np.arange(-half, half + 1, dtype=np.float64)
+        pmf = np.exp(-(x * x) / (2.0 * s2))
+        pmf /= pmf.sum()
+        length = count * (pmf.size - 1) + 1
+        size = 1 << (length - 1).bit_length()
+        law = np.fft.irfft(np.fft.rfft(pmf, size) ** count, size)[:length]
+        law = np.clip(law, 0.0, None)
+        law /= law.sum()
+        cdf = np.cumsum(law)
+        cdf[-1] = 1.0
+        self.cdf = cdf
+        self.offset = -half * count
 
-        self.options = DPOptions(mode="distributed", epsilon=epsilon, delta=DELTA)
-        model = make_model("logreg", FEATURES)
-        sizes = [ROWS // PARTIES + (1 if u < ROWS % PARTIES else 0) for u in range(PARTIES)]
-        parties = [(np.zeros((m, FEATURES), np.float32), np.zeros(m, np.float32)) for m in sizes]
-        trainer = NoisyGradientTrainer(model, parties, self.options, rounds, secure=True)
-        self.steps = trainer.total_steps
-        self.dim = trainer.dim
-        self.noise = trainer.noise
-        self.threshold = trainer.threshold
-        # The epsilon the trainer reports after all planned steps (its own accounting).
-        trainer.steps_done = self.steps
-        self.accountant_epsilon = trainer.epsilon()
-        self.weaken = weaken
-        self.sigma2_party: Fraction | None = self.noise.sigma2_party
-        if weaken == "no-noise":
-            self.sigma2_party = None
-        elif weaken == "low-noise":
-            self.sigma2_party = self.noise.sigma2_party / 100
-        self.noise_multiplier = math.sqrt(self.noise.sigma2_total) / self.noise.l2_bound
-        # Idealized reference: a continuous Gaussian with the noise actually released and a
-        # canary of norm ``scale`` (before rounding) in every step; mu-GDP after composition.
-        if self.sigma2_party is None:
-            self.gdp_mu = math.inf
-        else:
-            released = float(self.sigma2_party) * self.noise.parties
-            self.gdp_mu = math.sqrt(self.steps) * self.noise.scale / math.sqrt(released)
+    def sample(self, shape: tuple[int, ...]) -> IntArray:
+        from secagg.crypto import rng
 
-    def noise_sums(self, runs: int) -> npt.NDArray[np.int64]:
-        """The summed noise of the t + 1 fewest contributors, every step of ``runs`` runs:
-        shape (runs, steps, padded_dim). One sampler call for all (the sampler is vectorized;
-        every sample is an independent exact N_Z(0, sigma2_party) draw)."""
-        from secagg.dp.samplers import discrete_gaussian
-
-        nz = self.noise
-        shape = (runs, self.steps, nz.padded_dim)
-        if self.sigma2_party is None:
+        size = int(np.prod(shape))
+        if self.cdf is None:
             return np.zeros(shape, dtype=np.int64)
-        draws = discrete_gaussian(self.sigma2_party, (runs, nz.parties, *shape[1:]))
-        out: npt.NDArray[np.int64] = draws.sum(axis=1)
+        u = (rng.random_words(size, np.uint64) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        idx = np.searchsorted(self.cdf, u, side="right").astype(np.int64)
+        out: IntArray = (idx + self.offset).reshape(shape)
         return out
 
-    def release(self, canaries: FloatArray, noise: npt.NDArray[np.int64]) -> FloatArray:
-        """The observer's view of one training run with ``canaries`` (rows: clipped gradient
-        directions, possibly none) inserted and ``noise`` (one run of :meth:`noise_sums`): the
-        decoded noisy sums, summed over the steps and rotated back, minus the known
-        contribution of every other record."""
-        from protocols.dp_training import clip_rows, round_rows_conditionally
+
+# --------------------------------------------------------------------------------------------
+# The mechanism as NoisyGradientTrainer releases it, with the survivors the engine accepts
+# --------------------------------------------------------------------------------------------
+
+
+def worst_case_dropouts(
+    holdings: tuple[tuple[int, ...], ...], owner: int, threshold: int, min_holders: int
+) -> tuple[set[int], IntArray]:
+    """The parties to drop so the owner's blocks keep the fewest surviving holders the engine
+    still accepts: at most ``n - t - 1`` drops (every survivor needs t surviving neighbours),
+    and every block keeps 0 or at least ``min_holders`` surviving holders. Greedy: the parties
+    sharing most blocks with the owner first. Returns (dropped, surviving holders per block)."""
+    n = len(holdings)
+    nb = 1 + max((max(h) for h in holdings if h), default=0)
+    counts = np.zeros(nb, dtype=np.int64)
+    for h in holdings:
+        counts[list(h)] += 1
+    mine = set(holdings[owner])
+    order = sorted(
+        (v for v in range(n) if v != owner), key=lambda v: (-len(mine & set(holdings[v])), v)
+    )
+    dropped: set[int] = set()
+    for v in order:
+        if len(dropped) >= n - threshold - 1 or not mine & set(holdings[v]):
+            break
+        after = counts.copy()
+        after[list(holdings[v])] -= 1
+        if np.all((after == 0) | (after >= min_holders)):
+            dropped.add(v)
+            counts = after
+    return dropped, counts
+
+
+@dataclass(frozen=True)
+class RoundView:
+    """One real draw of parts, seen from the canary owner's side."""
+
+    blocks: IntArray  # the owner's blocks
+    positions: IntArray  # their model coordinates
+    rotation: Any  # protocols.dp_training.BlockRotation of the round
+    alive: IntArray  # surviving holders of each of the owner's blocks (worst case accepted)
+    floors: IntArray  # the trainer's guaranteed-holder floor of each of the owner's blocks
+    delivered: Fraction  # smallest summed variance of any released block of the round
+    dropped: int
+
+
+class Mechanism:
+    """The calibrated DDGauss-on-parts of the default Adult run, from a real
+    :class:`NoisyGradientTrainer` (its calibration, parts, floors, rotation and accounting)."""
+
+    def __init__(self, epsilon: float, rounds: int, weaken: str | None, pool: int = 64) -> None:
+        from protocols.dp_training import DPOptions, NoisyGradientTrainer, PartsSpec
+        from protocols.models import make_model
+
+        if weaken is not None and weaken not in WEAKENINGS:
+            raise ValueError(f"weaken must be one of {WEAKENINGS}, got {weaken!r}")
+        self.options = DPOptions(mode="distributed", epsilon=epsilon, delta=DELTA, records=RECORDS)
+        empty = (np.zeros((1, FEATURES), np.float32), np.zeros(1, np.float32))
+        parts = PartsSpec(DOWNLOAD_FRACTION, "block", BLOCK_SIZE, MIN_HOLDERS)
+        trainer = NoisyGradientTrainer(
+            make_model("logreg", FEATURES),
+            [empty] * PARTIES,
+            self.options,
+            rounds,
+            secure=True,
+            parts=parts,
+        )
+        self.trainer = trainer
+        self.noise = trainer.noise
+        self.rounds = rounds
+        self.steps_per_round = self.options.steps_per_round
+        self.steps = trainer.total_steps
+        trainer.steps_done = self.steps  # the epsilon the trainer reports after all steps
+        self.accountant_epsilon = trainer.epsilon()
+        trainer.steps_done = 0
+        self.dim = trainer.dim
+        self.weaken = weaken
+        self._tables: dict[tuple[Fraction, int], NoiseSumTable] = {}
+        self.views = [self._draw_view() for _ in range(pool)]
+        self.gdp_mu = (
+            math.sqrt(self.steps) * self.noise.scale / math.sqrt(float(self.noise.sigma2_total))
+        )
+
+    def per_holder(self, floor: int) -> Fraction:
+        """The variance a holder of a block with ``floor`` guaranteed holders adds."""
+        nz = self.noise
+        if self.weaken is None:
+            return nz.sigma2_for(floor)
+        if self.weaken == "no-noise":
+            return Fraction(0)
+        if self.weaken == "low-noise":
+            return nz.sigma2_for(floor) / 100
+        if self.weaken == "all-parties":
+            return nz.sigma2_for(PARTIES)
+        if self.weaken == "one-fewer":
+            return nz.sigma2_for(max(1, floor - 1))
+        return nz.sigma2_for(floor + 1)  # one-more
+
+    def _draw_view(self) -> RoundView:
+        from protocols.dp_training import BlockRotation
+        from secagg.crypto import rng
+
+        t = self.trainer
+        selection = t.draw_parts()
+        floors = t.floors(selection)
+        dropped, alive = worst_case_dropouts(selection.holdings, OWNER, t.threshold, t.min_holders)
+        released = np.flatnonzero(alive > 0)
+        delivered = min(int(alive[b]) * self.per_holder(int(floors[b])) for b in released)
+        blocks = np.asarray(selection.holdings[OWNER], dtype=np.int64)
+        return RoundView(
+            blocks,
+            selection.party_indices(OWNER),
+            BlockRotation(rng.token_bytes(16), selection.block_sizes),
+            alive[blocks],
+            floors[blocks],
+            delivered,
+            len(dropped),
+        )
+
+    def delivered_epsilon(self) -> tuple[float, float]:
+        """(epsilon, smallest summed variance): the accountant on the noise actually in the
+        released sums (integer units), composed over all steps."""
+        from secagg.dp.accounting import DEFAULT_ORDERS, eps_from_rdp, rdp_ddgauss
+
+        least = min(v.delivered for v in self.views)
+        if least == 0:
+            return math.inf, 0.0
+        most = max(int(v.alive.max()) for v in self.views)
+        per = float(least) / most
+        if per < 0.25:  # below the DDGauss bound's domain: report as unbounded
+            return math.inf, float(least)
+        rdp = rdp_ddgauss(self.noise.l2_bound, None, per, most, self.noise.padded_dim)
+        eps = eps_from_rdp(np.asarray(rdp) * self.steps, DEFAULT_ORDERS, DELTA)[0]
+        return float(eps), float(least)
+
+    def _table(self, sigma2: Fraction, count: int) -> NoiseSumTable:
+        key = (sigma2, count)
+        if key not in self._tables:
+            self._tables[key] = NoiseSumTable(sigma2, count)
+        return self._tables[key]
+
+    def scores(
+        self, inserted: FloatArray, scored: FloatArray, view_ids: IntArray | None = None
+    ) -> FloatArray:
+        """A batch of independent training runs. ``inserted`` (batch, k_in, dim): unit canary
+        directions in each run (k_in may be 0); ``scored`` (batch, k_s, dim): directions to
+        score. Returns (batch, k_s): sum over steps of the projection of each decoded release
+        on the direction's expected contribution, divided by steps x clip (about 1 for an
+        inserted canary, 0 for another)."""
+        from protocols.dp_training import round_rows_conditionally
         from secagg import encoding
         from secagg.crypto import rng
-        from secagg.dp.mechanisms import RandomizedHadamard
 
-        nz, clip, steps = self.noise, self.options.clip, self.steps
-        rotation = RandomizedHadamard(rng.token_bytes(16), self.dim)
-        sums = np.zeros((steps, nz.padded_dim), dtype=np.int64)
-        if canaries.shape[0]:
-            g = clip_rows(canaries * clip, clip)
-            rotated = rotation.rotate(g) * (nz.scale / clip)
-            # Fresh conditional rounding of every canary in every step.
-            rows = np.repeat(rotated[None, :, :], steps, axis=0).reshape(-1, nz.padded_dim)
-            rounded = round_rows_conditionally(rows, nz.l2_bound)
-            sums += rounded.reshape(steps, canaries.shape[0], nz.padded_dim).sum(axis=1)
-        sums += noise
-        decoded = encoding.from_ring(encoding.to_ring(sums, nz.bits), nz.bits)
-        total = decoded.sum(axis=0).astype(np.float64) * (clip / nz.scale)
-        return rotation.unrotate(total)
+        batch, k_in = inserted.shape[0], inserted.shape[1]
+        nz, clip = self.noise, self.options.clip
+        out = np.zeros((batch, scored.shape[1]))
+        if view_ids is None:
+            picks = rng.random_words(self.rounds, np.uint64) % np.uint64(len(self.views))
+            view_ids = picks.astype(np.int64)
+        for vid in view_ids:
+            view = self.views[int(vid)]
+            rot = view.rotation
+            psizes = np.asarray(rot.padded_sizes, dtype=np.int64)[view.blocks]
+            width = int(psizes.sum())
+
+            def part_unit(d: FloatArray, view: RoundView = view) -> FloatArray:
+                p = d[..., view.positions]
+                norm = np.linalg.norm(p, axis=-1, keepdims=True)
+                unit: FloatArray = p / np.maximum(norm, 1e-300)
+                return unit
+
+            score_dirs = part_unit(scored)  # (batch, k_s, part)
+            if k_in:
+                rows = part_unit(inserted).reshape(batch * k_in, -1) * clip
+                rotated = rot.rotate(rows, view.blocks) * (nz.scale / clip)
+            for _ in range(self.steps_per_round):
+                ints = np.zeros((batch, width), dtype=np.int64)
+                if k_in:
+                    rounded = round_rows_conditionally(rotated, nz.l2_bound)
+                    ints += rounded.reshape(batch, k_in, width).sum(axis=1)
+                start = 0
+                for size, alive, floor in zip(psizes, view.alive, view.floors, strict=True):
+                    table = self._table(self.per_holder(int(floor)), int(alive))
+                    ints[:, start : start + size] += table.sample((batch, int(size)))
+                    start += int(size)
+                decoded = encoding.from_ring(encoding.to_ring(ints, nz.bits), nz.bits)
+                y = rot.unrotate_rows(decoded.astype(np.float64) * (clip / nz.scale), view.blocks)
+                out += np.einsum("bkp,bp->bk", score_dirs, y)
+        result: FloatArray = out / (self.steps * clip)
+        return result
 
 
-def _unit_vectors(count: int, dim: int) -> FloatArray:
+def _unit_vectors(shape: tuple[int, ...], dim: int) -> FloatArray:
     from secagg.crypto import rng
 
+    count = int(np.prod(shape))
     # Box-Muller on CSPRNG words: isotropic directions.
     words = rng.random_words(2 * count * dim, np.uint64).reshape(2, count, dim)
     u1 = ((words[0] >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
     u2 = (words[1] >> np.uint64(11)).astype(np.float64) / 2.0**53
     z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
-    out: FloatArray = z / np.linalg.norm(z, axis=1, keepdims=True)
-    return out
-
-
-def _cosines(directions: FloatArray, observed: FloatArray) -> FloatArray:
-    norm = float(np.linalg.norm(observed))
-    if norm == 0.0:
-        return np.zeros(directions.shape[0])
-    out: FloatArray = directions @ observed / norm
+    out: FloatArray = (z / np.linalg.norm(z, axis=1, keepdims=True)).reshape(*shape, dim)
     return out
 
 
@@ -375,18 +547,19 @@ def _cosines(directions: FloatArray, observed: FloatArray) -> FloatArray:
 # The two attacks
 # --------------------------------------------------------------------------------------------
 
+BATCH = 500
+
 
 def one_shot(mech: Mechanism, runs: int, per_run: int, bootstrap: int = 1000) -> dict[str, Any]:
     """Andrew et al.'s estimator, pooled over ``runs`` runs of ``per_run`` inserted and
-    ``per_run`` held-out canaries."""
+    ``per_run`` held-out canaries (all of the owner party)."""
     inserted, held_out = [], []
-    noise = mech.noise_sums(runs)
-    for i in range(runs):
-        directions = _unit_vectors(2 * per_run, mech.dim)
-        observed = mech.release(directions[:per_run], noise[i])
-        cos = _cosines(directions, observed)
-        inserted.append(cos[:per_run])
-        held_out.append(cos[per_run:])
+    for first in range(0, runs, BATCH):
+        batch = min(BATCH, runs - first)
+        directions = _unit_vectors((batch, 2 * per_run), mech.dim)
+        s = mech.scores(directions[:, :per_run], directions)
+        inserted.append(s[:, :per_run].reshape(-1))
+        held_out.append(s[:, per_run:].reshape(-1))
     c_in, c_out = np.concatenate(inserted), np.concatenate(held_out)
 
     def estimate(a: FloatArray, b: FloatArray) -> tuple[float, float]:
@@ -401,16 +574,16 @@ def one_shot(mech: Mechanism, runs: int, per_run: int, bootstrap: int = 1000) ->
             c_in[gen.integers(0, c_in.size, c_in.size)],
             c_out[gen.integers(0, c_out.size, c_out.size)],
         )[1]
-    alpha = 1.0 - CONFIDENCE
     m1, s1 = float(c_in.mean()), float(c_in.std(ddof=1))
     m0, s0 = float(c_out.mean()), float(c_out.std(ddof=1))
     return {
         "eps_estimate": eps,
-        "eps_lower": float(np.quantile(boot, alpha)),
-        "eps_upper": float(np.quantile(boot, 1.0 - alpha)),
+        # Two-sided 95% bootstrap interval of the estimate, and its one-sided 95% lower limit.
+        "ci95_low": float(np.quantile(boot, 0.025)),
+        "ci95_high": float(np.quantile(boot, 0.975)),
+        "lower95_one_sided": float(np.quantile(boot, 0.05)),
         "mu": mu,
         "eps_two_gaussian": two_gaussian_epsilon(m1, s1, m0, s0, DELTA),
-        "eps_null_1_over_d": two_gaussian_epsilon(m1, s1, 0.0, 1.0 / math.sqrt(mech.dim), DELTA),
         "inserted_mean": m1,
         "inserted_std": s1,
         "held_out_mean": m0,
@@ -424,34 +597,39 @@ def one_shot(mech: Mechanism, runs: int, per_run: int, bootstrap: int = 1000) ->
     }
 
 
+def mi_saturation(trials: int, delta: float = DELTA, confidence: float = CONFIDENCE) -> float:
+    """The largest bound :func:`mi_epsilon_lower_bound` can give with ``trials`` per side (a
+    perfect separation): no claim above it can ever be failed by this attack."""
+    hi = clopper_pearson_upper(0, trials, (1.0 - confidence) / 2.0)
+    return math.log((1.0 - delta - hi) / hi)
+
+
 def membership_inference(mech: Mechanism, trials: int) -> dict[str, Any]:
     """``trials`` independent runs with one fresh canary inserted and ``trials`` without."""
-    stat_in = np.empty(trials)
-    stat_out = np.empty(trials)
-    chunk = 100
-    for first in range(0, trials, chunk):
-        count = min(chunk, trials - first)
-        noise = mech.noise_sums(2 * count)
-        for j in range(count):
-            i = first + j
-            u = _unit_vectors(2, mech.dim)
-            stat_in[i] = _cosines(u[:1], mech.release(u[:1], noise[2 * j]))[0]
-            stat_out[i] = _cosines(u[1:], mech.release(u[:0], noise[2 * j + 1]))[0]
-    best = mi_epsilon_lower_bound(stat_in, stat_out, DELTA)
+    stat_in, stat_out = [], []
+    for first in range(0, trials, BATCH):
+        batch = min(BATCH, trials - first)
+        u = _unit_vectors((batch, 1), mech.dim)
+        stat_in.append(mech.scores(u, u)[:, 0])
+        v = _unit_vectors((batch, 1), mech.dim)
+        stat_out.append(mech.scores(v[:, :0], v)[:, 0])
+    s_in, s_out = np.concatenate(stat_in), np.concatenate(stat_out)
+    best = mi_epsilon_lower_bound(s_in, s_out, DELTA)
     # Threshold chosen on the first third, bounds from the other two thirds: no selection bias.
     cut = trials // 3
-    chosen = mi_epsilon_lower_bound(stat_in[:cut], stat_out[:cut], DELTA)
+    chosen = mi_epsilon_lower_bound(s_in[:cut], s_out[:cut], DELTA)
     if chosen["threshold"] is None:
         split = {"eps_lb": 0.0}
     else:
         split = mi_epsilon_lower_bound(
-            stat_in[cut:], stat_out[cut:], DELTA, thresholds=np.array([chosen["threshold"]])
+            s_in[cut:], s_out[cut:], DELTA, thresholds=np.array([chosen["threshold"]])
         )
     return {
         **best,
         "eps_lb_split": split["eps_lb"],
         "trials_in": trials,
         "trials_out": trials,
+        "saturation": mi_saturation(trials),
         "confidence": CONFIDENCE,
     }
 
@@ -473,89 +651,106 @@ def _figure(results: list[dict[str, Any]], weaken: str | None) -> Any:
         bins = np.linspace(min(c_in.min(), c_out.min()), max(c_in.max(), c_out.max()), 40)
         ax.hist(c_out, bins=bins, alpha=0.6, label="held out")
         ax.hist(c_in, bins=bins, alpha=0.6, label="inserted")
-        ax.set_title(f"claimed eps {r['claimed_epsilon']:g}: canary cosines")
-        ax.set_xlabel("cosine(canary, sum of released sums)")
+        ax.set_title(f"claimed eps {r['claimed_epsilon']:g}: canary scores")
+        ax.set_xlabel("projection on the canary, summed over steps / (steps x clip)")
         ax.legend()
     ax = axes[-1]
     x = np.arange(len(results))
     width = 0.2
     bars = [
-        ("accountant", [r["accountant_epsilon"] for r in results]),
-        ("ideal Gaussian", [r["gdp_epsilon_ideal"] for r in results]),
-        ("one-shot (95% low)", [r["one_shot"]["eps_lower"] for r in results]),
-        ("MI Clopper-Pearson", [r["membership"]["eps_lb"] for r in results]),
+        ("accountant (calibrated)", [r["accountant_epsilon"] for r in results]),
+        ("accountant on delivered noise", [r["delivered_epsilon"] for r in results]),
+        ("one-shot estimate (5th pct.)", [r["one_shot"]["lower95_one_sided"] for r in results]),
+        ("MI lower bound (95% CP)", [r["membership"]["eps_lb"] for r in results]),
     ]
     top = max(r["claimed_epsilon"] for r in results) * 1.6
     for i, (label, values) in enumerate(bars):
         shown = [min(v, top) for v in values]
         ax.bar(x + (i - 1.5) * width, shown, width, label=label)
+    for i, r in enumerate(results):
+        ax.hlines(r["claimed_epsilon"], i - 0.45, i + 0.45, colors="black", linestyles="--")
     ax.set_xticks(x, [f"claim {r['claimed_epsilon']:g}" for r in results])
     ax.set_ylabel("epsilon (delta 1e-5)")
     ax.set_ylim(0, top)
-    ax.set_title("lower bounds vs claim" + (f" (weaken={weaken})" if weaken else ""))
-    ax.legend(fontsize=8)
+    ax.set_title("estimates and bounds vs claim" + (f" (weaken={weaken})" if weaken else ""))
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
 def run(quick: bool = False, out: Path | None = None, weaken: str | None = None) -> dict[str, Any]:
-    """Empirical epsilon lower bounds at claimed epsilon 4 and 8 (see the module docstring)."""
+    """Delivered-noise accounting, membership inference and one-shot estimate at claimed
+    epsilon 4 and 8 (see the module docstring)."""
     if weaken is not None and weaken not in WEAKENINGS:
-        raise ValueError(f"weaken must be one of {WEAKENINGS}")
+        raise ValueError(f"weaken must be one of {WEAKENINGS}, got {weaken!r}")
     start = time.perf_counter()
-    # quick: 5 rounds (10 steps, 4x cheaper per run, the same target), fewer trials.
+    # quick: 5 rounds (10 steps, the same targets), fewer trials: the MI bound then saturates
+    # below 8 (reported), the other two checks still apply.
     rounds = 5 if quick else ROUNDS
-    runs, per_run = (256, 8) if quick else (512, 8)
-    trials = 500 if quick else 1500
+    runs, per_run = (256, 4) if quick else (1024, 4)
+    trials = 2000 if quick else 12_000
     results: list[dict[str, Any]] = []
     for claim in CLAIMS:
         t0 = time.perf_counter()
         mech = Mechanism(claim, rounds, weaken)
+        delivered_eps, delivered_var = mech.delivered_epsilon()
         shot = one_shot(mech, runs, per_run)
         mi = membership_inference(mech, trials)
         acc = mech.accountant_epsilon
+        detected = []
+        if delivered_eps > claim + 1e-6:
+            detected.append("delivered-noise accounting")
+        if mi["eps_lb"] > claim:
+            detected.append("membership inference (lower bound)")
+        if shot["lower95_one_sided"] > claim:
+            detected.append("one-shot (estimate)")
         results.append(
             {
                 "claimed_epsilon": claim,
                 "accountant_epsilon": acc,
+                "delivered_epsilon": delivered_eps,
+                "delivered_sigma2_min": delivered_var,
+                "calibrated_sigma2_total": float(mech.noise.sigma2_total),
                 "steps": mech.steps,
-                "threshold_t": mech.threshold,
-                "noise_parties": mech.noise.parties,
+                "threshold_t": mech.trainer.threshold,
+                "min_holders": mech.trainer.min_holders,
+                "worst_case_dropped_mean": float(np.mean([v.dropped for v in mech.views])),
+                "owner_alive_min": int(min(v.alive.min() for v in mech.views)),
+                "part_fraction_mean": float(np.mean([v.positions.size for v in mech.views]))
+                / mech.dim,
                 "scale": mech.noise.scale,
                 "l2_bound": mech.noise.l2_bound,
-                "sigma2_party": float(mech.noise.sigma2_party),
-                "noise_multiplier": mech.noise_multiplier,
+                "noise_multiplier": math.sqrt(float(mech.noise.sigma2_total)) / mech.noise.l2_bound,
                 "gdp_mu_ideal": mech.gdp_mu,
                 "gdp_epsilon_ideal": gdp_epsilon(mech.gdp_mu, DELTA),
                 "one_shot": shot,
                 "membership": mi,
-                "tightness_one_shot": shot["eps_estimate"] / acc,
-                "tightness_one_shot_lower": shot["eps_lower"] / acc,
-                "tightness_mi": mi["eps_lb"] / acc,
+                "detected_by": detected,
                 "seconds": time.perf_counter() - t0,
             }
         )
-    failures = []
-    for r in results:
-        bound = min(r["claimed_epsilon"], r["accountant_epsilon"] + 1e-9)
-        for name, value in (
-            ("one-shot (95% lower)", r["one_shot"]["eps_lower"]),
-            ("membership inference (95% CP)", r["membership"]["eps_lb"]),
-        ):
-            if value > bound:
-                failures.append(f"{name} {value:.2f} > claimed {r['claimed_epsilon']:g}")
-    passed = not failures
+    passed = not any(r["detected_by"] for r in results)
     findings = []
     for r in results:
         s, m = r["one_shot"], r["membership"]
         findings.append(
-            f"claim eps {r['claimed_epsilon']:g} (accountant {r['accountant_epsilon']:.3f}): "
-            f"one-shot {s['eps_estimate']:.2f} (95% CI {s['eps_lower']:.2f}-{s['eps_upper']:.2f}), "
-            f"MI lower bound {m['eps_lb']:.2f} (95% CP); ideal Gaussian "
-            f"{r['gdp_epsilon_ideal']:.2f}; tightness one-shot/accountant "
-            f"{r['tightness_one_shot']:.2f}, MI/accountant {r['tightness_mi']:.2f}"
+            f"claim eps {r['claimed_epsilon']:g} (accountant {r['accountant_epsilon']:.3f},"
+            f" on the delivered noise {r['delivered_epsilon']:.3f}): MI lower bound"
+            f" {m['eps_lb']:.2f} (95% CP; this many trials cannot show more than"
+            f" {m['saturation']:.2f}); one-shot estimate {s['eps_estimate']:.2f} (95% CI"
+            f" {s['ci95_low']:.2f}-{s['ci95_high']:.2f}); ideal Gaussian"
+            f" {r['gdp_epsilon_ideal']:.2f}"
         )
-    findings += [f"LOWER BOUND ABOVE THE CLAIM: {f}" for f in failures]
+        if r["detected_by"]:
+            findings.append(
+                f"ABOVE THE CLAIM {r['claimed_epsilon']:g}: " + ", ".join(r["detected_by"])
+            )
+        if m["saturation"] < r["claimed_epsilon"]:
+            findings.append(
+                f"limit: {m['trials_in']} MI trials per side cannot fail a claim of"
+                f" {r['claimed_epsilon']:g} (saturation {m['saturation']:.2f}); the full audit"
+                " uses 12,000"
+            )
     if weaken:
         findings.append(f"weakened on purpose: {weaken} (still claiming the calibrated epsilon)")
     command = "secagg audit dp" + (" --quick" if quick else "")
@@ -576,9 +771,13 @@ def run(quick: bool = False, out: Path | None = None, weaken: str | None = None)
         "delta": DELTA,
         "config": {
             "mode": "distributed",
+            "protocol": "parameter-parts",
             "parties": PARTIES,
-            "rows": ROWS,
+            "records": RECORDS,
             "dim": FEATURES + 1,
+            "download_fraction": DOWNLOAD_FRACTION,
+            "block_size": BLOCK_SIZE,
+            "min_holders": MIN_HOLDERS,
             "rounds": rounds,
             "steps_per_round": 2,
             "bits": 20,
@@ -598,73 +797,84 @@ def _body(summary: dict[str, Any]) -> str:
     lines = [
         "## Method",
         "",
-        f"Mechanism: `--dp distributed` as `NoisyGradientTrainer` calibrates it for the default "
-        f"Adult run ({cfg['parties']} parties, {cfg['rows']} rows, {cfg['dim']} parameters, "
-        f"{cfg['rounds']} rounds x {cfg['steps_per_round']} steps, {cfg['bits']} bits, clip "
-        f"{cfg['clip']}), delta {summary['delta']:g}. Canaries are records whose clipped gradient "
-        "is a fixed random unit direction times the clip norm in every step (realizable in "
-        "logistic regression). The adversary knows all other records and subtracts them; it sees "
-        "each step's decoded sum of the canaries' rotated, scaled, conditionally rounded "
-        "contributions plus the integer discrete Gaussian noise of the fewest contributors "
-        "(t + 1 parties), and uses the cosine between a canary and the sum over steps.",
+        f"Mechanism: `--dp distributed` on random parameter parts, as `NoisyGradientTrainer`"
+        f" calibrates it for the default Adult run ({cfg['parties']} parties, public record"
+        f" count {cfg['records']}, {cfg['dim']} parameters, download fraction"
+        f" {cfg['download_fraction']} in blocks of {cfg['block_size']}, min_holders"
+        f" {cfg['min_holders']}, {cfg['rounds']} rounds x {cfg['steps_per_round']} steps,"
+        f" {cfg['bits']} bits, clip {cfg['clip']}), delta {summary['delta']:g}. Privacy unit:"
+        " one training record of one party (add/remove).",
         "",
-        "- **One-shot** (Andrew et al. 2024): inserted vs held-out canaries, Gaussian fits, "
-        "epsilon of mu-GDP with mu = mean difference / held-out std; 95% bootstrap interval. "
-        "Pooled over independent runs of 8 + 8 canaries (128 coordinates leave little room "
-        "for more per run: canaries overlap with variance (k - 1) / d). Diagnostics, no "
-        "interval, not used for the verdict: the paper's two-Gaussian form (unequal fitted "
-        "variances) with the held-out fit and with the theoretical null N(0, 1/d); at delta "
-        "1e-5 a few percent of variance mismatch (the cosine's normalization in 108 dimensions "
-        "makes inserted cosines slightly narrower) moves them by up to about 1.",
-        "- **Membership inference** (Jagielski et al. 2020, Nasr et al. 2021): independent "
-        "runs with the canary in or out; threshold test on the cosine; FPR and FNR bounded by "
-        "one-sided 97.5% Clopper-Pearson each (95% jointly); best threshold. `eps_lb_split` picks "
-        "the threshold on a third of the trials and bounds on the rest (no selection bias).",
-        "- **Ideal Gaussian**: the epsilon of a continuous Gaussian mechanism with the same noise "
-        "and the unrounded canary norm, exactly (no RDP conversion): what a perfect attack "
-        "against this canary could reach.",
+        "Each simulated round uses a real draw of parts; the canary's owner (party 0) keeps the"
+        " fewest surviving holders on its blocks that the engine accepts (other parties drop,"
+        " at most n - t - 1 of them, every block keeping 0 or at least min_holders survivors);"
+        " every surviving holder adds the variance the trainer's calibration gives it, so the"
+        " released sums carry exactly the noise of the round's survivors. Canaries: records"
+        " whose clipped gradient on the owner's part is clip times the part of a fixed random"
+        " unit direction, rotated, scaled, conditionally rounded, through the 20-bit ring and"
+        " decoded. The adversary knows every other record and the parts, and scores a canary by"
+        " the projection of each step's release on its expected contribution, summed over"
+        " steps.",
+        "",
+        "- **Delivered noise** (deterministic): the accountant applied to the smallest summed"
+        " variance of any released block (`delivered_sigma2_min`); it catches a calibration for"
+        " the wrong number of contributors however small the shortfall.",
+        "- **Membership inference** (Jagielski et al. 2020, Nasr et al. 2021), a statistical"
+        " lower bound: independent runs with the canary in or out; threshold test; FPR and FNR"
+        " bounded by one-sided 97.5% Clopper-Pearson each (95% jointly); best threshold"
+        " (`split`: threshold chosen on a third, bounds on the rest). With N trials per side it"
+        " can never exceed its saturation log((1 - delta - p0)/p0), p0 the bound for 0 errors"
+        " in N.",
+        "- **One-shot** (Andrew et al. 2024), an estimate, not a bound: inserted vs held-out"
+        " canaries (4 + 4 per run), Gaussian fits, epsilon of mu-GDP with mu = mean difference"
+        " / held-out std. 95% two-sided bootstrap interval; the verdict compares its 5th"
+        " percentile (one-sided 95% lower limit of the estimate).",
+        "- **Ideal Gaussian**: the epsilon of a continuous Gaussian mechanism with exactly the"
+        " calibrated variance T in every release and the unrounded canary norm (no RDP"
+        " conversion).",
         "",
         "## Results",
         "",
-        "| claim | accountant | ideal Gaussian | one-shot (95% CI) | two-Gaussian* | null 1/d* "
-        "| MI lower bound (split) | one-shot / acc. | MI / acc. |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| claim | accountant | on delivered noise | ideal Gaussian | one-shot estimate (95% CI)"
+        " | MI lower bound (split) | MI saturation | above the claim by |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in summary["results"]:
         s, m = r["one_shot"], r["membership"]
         lines.append(
-            f"| {r['claimed_epsilon']:g} | {r['accountant_epsilon']:.3f} | "
-            f"{r['gdp_epsilon_ideal']:.2f} | {s['eps_estimate']:.2f} ({s['eps_lower']:.2f}-"
-            f"{s['eps_upper']:.2f}) | {s['eps_two_gaussian']:.2f} | {s['eps_null_1_over_d']:.2f} "
-            f"| {m['eps_lb']:.2f} ({m['eps_lb_split']:.2f}) | {r['tightness_one_shot']:.2f} | "
-            f"{r['tightness_mi']:.2f} |"
+            f"| {r['claimed_epsilon']:g} | {r['accountant_epsilon']:.3f} |"
+            f" {r['delivered_epsilon']:.3f} | {r['gdp_epsilon_ideal']:.2f} |"
+            f" {s['eps_estimate']:.2f} ({s['ci95_low']:.2f}-{s['ci95_high']:.2f}) |"
+            f" {m['eps_lb']:.2f} ({m['eps_lb_split']:.2f}) | {m['saturation']:.2f} |"
+            f" {', '.join(r['detected_by']) or 'nothing'} |"
         )
     lines += [
         "",
-        "| claim | steps | noise multiplier | mu (ideal) | canaries in/out | MI trials in/out "
-        "| FPR (hi) | FNR (hi) | seconds |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| claim | steps | t | noise multiplier | T calibrated | least delivered | owner's"
+        " fewest holders | canaries in/out | MI trials in/out | seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in summary["results"]:
         s, m = r["one_shot"], r["membership"]
-        fpr = f"{m.get('fpr', float('nan')):.3f} ({m.get('fpr_upper', float('nan')):.3f})"
-        fnr = f"{m.get('fnr', float('nan')):.3f} ({m.get('fnr_upper', float('nan')):.3f})"
         lines.append(
-            f"| {r['claimed_epsilon']:g} | {r['steps']} | {r['noise_multiplier']:.2f} | "
-            f"{r['gdp_mu_ideal']:.3f} | {s['n_inserted']}/{s['n_held_out']} | "
-            f"{m['trials_in']}/{m['trials_out']} | {fpr} | {fnr} | {r['seconds']:.1f} |"
+            f"| {r['claimed_epsilon']:g} | {r['steps']} | {r['threshold_t']} |"
+            f" {r['noise_multiplier']:.2f} | {r['calibrated_sigma2_total']:.0f} |"
+            f" {r['delivered_sigma2_min']:.0f} | {r['owner_alive_min']} |"
+            f" {s['n_inserted']}/{s['n_held_out']} | {m['trials_in']}/{m['trials_out']} |"
+            f" {r['seconds']:.1f} |"
         )
     lines += [
         "",
-        "![canary cosines and lower bounds](dp_audit.png)",
+        "![canary scores, estimates and bounds](dp_audit.png)",
         "",
         "## Caveats",
         "",
-        "- The one-shot number is an estimate under a Gaussian fit, not a proof; its interval "
-        "covers sampling error only. The Clopper-Pearson bound is a statistical lower bound "
-        "(the best-threshold form is slightly optimistic; the split form is not).",
-        "- Lower bounds below the claim do not prove the claim; they show no violation at this "
-        "power. The weakened runs (`--weaken no-noise`, `--weaken low-noise`) show the attacks "
-        "do catch a mechanism whose noise is missing or too small.",
+        "- The one-shot number is an estimate under a Gaussian fit, not a proof; its interval"
+        " covers sampling error only. The Clopper-Pearson figure is a statistical lower bound"
+        " (the best-threshold form is slightly optimistic; the split form is not).",
+        "- Figures below the claim do not prove the claim; they show no violation at this"
+        " power. A shortfall of one contributor (`--weaken one-more`: epsilon a few percent above"
+        " the claim) is far below what the attacks can resolve; only the delivered-noise"
+        " accounting catches it.",
     ]
     return "\n".join(lines)

@@ -237,6 +237,18 @@ class BlockRotation:
         self._transform(out, blocks)
         return out
 
+    def unrotate_rows(self, y: FloatArray, blocks: IntArray) -> FloatArray:
+        """Rows laid out as ``blocks`` padded and rotated -> rows of the unpadded blocks (the
+        inverse of :meth:`rotate`)."""
+        out = np.array(y, dtype=np.float64)
+        self._transform(out, blocks)
+        out *= self.signs[self.padded_positions(blocks)]
+        sizes = np.asarray(self.block_sizes, dtype=np.int64)[blocks]
+        psizes = np.asarray(self.padded_sizes, dtype=np.int64)[blocks]
+        pstarts = np.concatenate([[0], np.cumsum(psizes)])[:-1]
+        result: FloatArray = out[:, concat_ranges(pstarts, sizes)]
+        return result
+
     def unrotate(self, y: FloatArray) -> FloatArray:
         """A full padded vector (every block) -> the model-length vector."""
         blocks = np.arange(len(self.block_sizes), dtype=np.int64)
