@@ -605,12 +605,28 @@ def test_header_rewritten_to_another_party_fails_authentication(scene: Scene) ->
     assert_fresh_and_loadable(engine, scene)
 
 
+def test_state_saved_under_another_configuration_is_refused(scene: Scene) -> None:
+    """Same session id and round, weaker settings (a lower threshold, semi-honest mode): a state
+    saved under the round's real configuration never resumes under a downgraded one."""
+    semi_honest = {"active": False, "verify_keys": None}
+    for change in ({**semi_honest, "threshold": 2}, semi_honest):
+        cfg = dataclasses.replace(scene.config, **change)
+        assert cfg.session_id == scene.config.session_id and cfg.digest != scene.config.digest
+        client = scene.client(ME, cfg)
+        refused(client, scene.client_blob, "another round configuration", key=KEY)
+        refused(client, scene.router.clients[ME].to_bytes(), "another round configuration")
+        assert_fresh_and_loadable(client, scene)
+        server = scene.server(cfg)
+        refused(server, scene.server_blob, "another round configuration", key=KEY)
+        assert_fresh_and_loadable(server, scene)
+
+
 def test_half_loadable_plaintext_leaves_the_engine_fresh(scene: Scene) -> None:
     """load_state_dict assigns field by field; a forged plaintext state that breaks half-way
     must not leave a half-restored engine."""
     state = copy.deepcopy(scene.client_state)
     state["held"] = [b"only one field"]
-    prefix = persist.MAGIC + bytes((persist.FORMAT_VERSION, 0, persist.Role.CLIENT.value))
+    prefix = persist.client_identity(scene.config, ME).prefix(0)
     engine = scene.client()
     refused(engine, prefix + encode_value(state), "cannot be loaded")
     assert_fresh_and_loadable(engine, scene)
@@ -619,7 +635,7 @@ def test_half_loadable_plaintext_leaves_the_engine_fresh(scene: Scene) -> None:
     server = scene.server()
     refused(
         server,
-        persist.MAGIC + bytes((persist.FORMAT_VERSION, 0, 2)) + encode_value(server_state),
+        persist.server_identity(scene.config).prefix(0) + encode_value(server_state),
         "cannot be loaded",
     )
     assert_fresh_and_loadable(server, scene)
@@ -646,7 +662,7 @@ def test_arbitrary_blobs_are_refused_with_typed_errors(data: bytes, with_prefix:
     scene = shared_scene()
     engine = scene.client()
     if with_prefix:  # get past the magic so that the codec and the loader are exercised
-        data = persist.MAGIC + bytes((persist.FORMAT_VERSION, 0, 1)) + data
+        data = persist.client_identity(scene.config, ME).prefix(0) + data
     try:
         engine.load_bytes(data)
     except SecAggError:
@@ -695,4 +711,5 @@ def test_header_layout() -> None:
     header = persist.client_identity(config, 3).header(9)
     assert header.startswith(persist.MAGIC)
     assert header[len(persist.MAGIC) :][:3] == bytes((persist.FORMAT_VERSION, 1, 1))
+    assert header[len(persist.MAGIC) + 3 :][:32] == config.digest
     assert header[-36:] == config.session_id + struct.pack(">QIQ", config.round_index, 3, 9)

@@ -317,7 +317,9 @@ KEY_BYTES = 32
 #: The party field of a server's state (the wire's SERVER id).
 SERVER_PARTY = 0xFFFFFFFF
 _MAX_COUNTER = (1 << 64) - 1
-_PREFIX_BYTES = len(MAGIC) + 3  # magic, version, mode, role
+DIGEST_BYTES = 32
+_ROLE_AT = len(MAGIC) + 2
+_PREFIX_BYTES = len(MAGIC) + 3 + DIGEST_BYTES  # magic, version, mode, role, config digest
 _HEADER = struct.Struct(">16sQIQ")  # session id, round, party, counter
 
 
@@ -330,17 +332,26 @@ class Role(enum.Enum):
 
 @dataclass(frozen=True)
 class EngineIdentity:
-    """What a persisted state is bound to: the role, session, round and party of one engine."""
+    """What a persisted state is bound to: the role, session, round and party of one engine,
+    and the digest of its round configuration (``RoundConfig.digest``: every setting, so a state
+    saved under one configuration never resumes under a weaker one with the same session id).
+    """
 
     role: Role
     session_id: bytes
     round_index: int
     party: int
+    config_digest: bytes
+
+    def prefix(self, mode: int) -> bytes:
+        """Magic, format version, mode, role and configuration digest."""
+        return MAGIC + bytes((FORMAT_VERSION, mode, self.role.value)) + self.config_digest
 
     def header(self, counter: int) -> bytes:
         """The sealed blob's header (in the clear, and authenticated as associated data)."""
-        prefix = MAGIC + bytes((FORMAT_VERSION, _SEALED, self.role.value))
-        return prefix + _HEADER.pack(self.session_id, self.round_index, self.party, counter)
+        return self.prefix(_SEALED) + _HEADER.pack(
+            self.session_id, self.round_index, self.party, counter
+        )
 
     def check_state(self, state: Mapping[str, Any]) -> None:
         """The decoded dict names this engine (defence in depth; engines check it too)."""
@@ -358,21 +369,27 @@ class EngineIdentity:
 
 def client_identity(config: RoundConfig, party: int) -> EngineIdentity:
     """The identity of party ``party``'s engine in the round ``config``."""
-    return EngineIdentity(Role.CLIENT, config.session_id, config.round_index, party)
+    return EngineIdentity(Role.CLIENT, config.session_id, config.round_index, party, config.digest)
 
 
 def server_identity(config: RoundConfig) -> EngineIdentity:
     """The identity of the server's engine in the round ``config``."""
-    return EngineIdentity(Role.SERVER, config.session_id, config.round_index, SERVER_PARTY)
+    return EngineIdentity(
+        Role.SERVER, config.session_id, config.round_index, SERVER_PARTY, config.digest
+    )
 
 
 def _state_key(key: bytes, identity: EngineIdentity) -> bytes:
-    """One AES-256 key per engine (role, session, round, party) from the caller's key."""
+    """One AES-256 key per engine (configuration, role, round, party) from the caller's key.
+
+    Salt = the configuration digest (it covers the session id), as for every key of the round
+    (secagg.crypto.kdf); info = the purpose label, role, round and party.
+    """
     info = STATE_KEY_LABEL + struct.pack(
         ">BQI", identity.role.value, identity.round_index, identity.party
     )
     return HKDF(
-        algorithm=hashes.SHA256(), length=KEY_BYTES, salt=identity.session_id, info=info
+        algorithm=hashes.SHA256(), length=KEY_BYTES, salt=identity.config_digest, info=info
     ).derive(key)
 
 
@@ -461,7 +478,7 @@ def dump_state(
     if key is None:
         if counter != 0:
             raise StateError(f"counter={counter} needs a key: a plaintext state carries no counter")
-        return MAGIC + bytes((FORMAT_VERSION, _PLAIN, identity.role.value)) + body
+        return identity.prefix(_PLAIN) + body
     counter = _check_counter(counter, "counter")
     header = identity.header(counter)
     nonce = os.urandom(NONCE_BYTES)  # 96 random bits per blob: never reused under one key
@@ -483,7 +500,8 @@ def _open(
     data = bytes(blob)
     if len(data) < _PREFIX_BYTES or data[: len(MAGIC)] != MAGIC:
         raise StateError("not a secagg engine state (bad magic or truncated)")
-    version, mode, role = data[len(MAGIC) : _PREFIX_BYTES]
+    version, mode, role = data[len(MAGIC) : _ROLE_AT + 1]
+    digest = data[_ROLE_AT + 1 : _PREFIX_BYTES]
     if version != FORMAT_VERSION:
         raise StateError(f"state format version {version} is not supported ({FORMAT_VERSION})")
     if mode not in (_PLAIN, _SEALED):
@@ -512,6 +530,7 @@ def _open(
         ):
             if got != want:
                 raise StateError(f"state belongs to another engine: {name} {got!r}, want {want!r}")
+        _check_digest(digest, identity)
         guard.check(counter)
         header = identity.header(counter)
         nonce = data[len(header) : len(header) + NONCE_BYTES]
@@ -527,7 +546,16 @@ def _open(
     if not isinstance(state, dict):
         raise StateError(f"state must decode to a dict, got {type(state).__name__}")
     identity.check_state(state)
+    _check_digest(digest, identity)
     return state, counter
+
+
+def _check_digest(digest: bytes, identity: EngineIdentity) -> None:
+    if digest != identity.config_digest:
+        raise StateError(
+            "state was saved under another round configuration (configuration digest"
+            f" {digest.hex()[:16]}..., this engine's {identity.config_digest.hex()[:16]}...)"
+        )
 
 
 class Restorable(Protocol):
