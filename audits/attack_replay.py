@@ -65,7 +65,9 @@ class World:
     refused_config: str | None = None  # RoundConfig's refusal, if the config had to bypass it
 
 
-def build_world(strategy: Strategy, *, allow_refused_graph: bool = False) -> World:
+def build_world(
+    strategy: Strategy, *, allow_refused_graph: bool = False, graph_seed: bytes | None = None
+) -> World:
     """The round the strategy runs in.
 
     Raises:
@@ -75,7 +77,7 @@ def build_world(strategy: Strategy, *, allow_refused_graph: bool = False) -> Wor
     inst = strategy.instance
     n = inst.n
     if inst.graph == "harary":
-        g = graph.harary_graph(n, inst.k, _secrets.token_bytes(32))
+        g = graph.harary_graph(n, inst.k, graph_seed or _secrets.token_bytes(32))
         assert g.ring is not None
         party = list(g.ring)
     elif inst.graph == "complete":
@@ -87,10 +89,11 @@ def build_world(strategy: Strategy, *, allow_refused_graph: bool = False) -> Wor
     layout = None
     if inst.min_holders is not None:
         holders = {party[p] for p in strategy.holders}
-        # Block 0 is attacked; everyone else holds block 1 (a party needs some input).
+        # Block 0 is attacked; with ``background`` everyone else holds block 1.
+        other: tuple[int, ...] = (1,) if inst.background else ()
         layout = BlockLayout(
-            (BLOCK, BLOCK),
-            tuple((0,) if u in holders else (1,) for u in range(n)),
+            (BLOCK, BLOCK) if inst.background else (BLOCK,),
+            tuple((0,) if u in holders else other for u in range(n)),
             min_holders=inst.min_holders,
         )
     fields = {

@@ -115,6 +115,9 @@ class Instance:
     #: layout the engines can run: a party holding nothing has no input). Off for the proofs:
     #: the one-block space is the larger one (see the module docstring).
     background: bool = False
+    #: a proposed strengthening of the new rule, to evaluate fixes: each owner must keep
+    #: D_b + margin partners on the block (margin = c: D_b honest ones whoever colludes).
+    margin: int = 0
 
     @property
     def neighbors(self) -> tuple[tuple[int, ...], ...]:
@@ -251,8 +254,11 @@ class _Model:
             deg = [And(partner(o, j, x), holds[x], U[j][x]) for x in N[o]]
             block = [AtLeast(*alive, mh), AtLeast(*deg, mh - 1)]
             if not old:
-                half = z3.PbGe([(d, 2) for d in deg] + [(a, -1) for a in alive], -1)
-                block.append(Or(half, AtLeast(*deg, cap)) if cap is not None else half)
+                extra = inst.margin  # deg_b(o) - margin >= min(floor(|A_b| / 2), h + 1)
+                half = z3.PbGe([(d, 2) for d in deg] + [(a, -1) for a in alive], 2 * extra - 1)
+                if cap is not None:
+                    half = Or(half, AtLeast(*deg, cap + extra))
+                block.append(half)
             return And(*block)
 
         def certified_partners(o: int, j: int) -> Any:
