@@ -101,8 +101,10 @@ def test_forged_partner_set_naming_non_neighbours_is_refused() -> None:
     genuine = r.pending_for(me)
     assert isinstance(genuine, wire.UnmaskRequest)
     victim = genuine.partner_sets[0]
-    outsider = next(p for p in range(30) if p not in r.config.neighbors(victim.party))
-    peers = tuple(sorted({*victim.peers, outsider} - {victim.party}))
+    outsider = next(
+        p for p in range(30) if p != victim.party and p not in r.config.neighbors(victim.party)
+    )
+    peers = tuple(sorted({*victim.peers, outsider}))
     forged_set = wire.PartnerSet(victim.party, peers, victim.signature)
     forged = dataclasses.replace(genuine, partner_sets=(forged_set, *genuine.partner_sets[1:]))
     with pytest.raises(RemoteProtocolError, match=r"not its neighbours|partner-set"):
