@@ -14,11 +14,12 @@ revealed shares during unmasking). This module turns such a dict into bytes and 
   never another exception. Generic over the dict: engines may add fields without touching this
   module.
 * **Envelope** (:func:`dump_state` / :func:`load_state`): a magic prefix, a format version, a mode
-  (plaintext or sealed) and the engine role. Sealed blobs are AES-256-GCM under a key derived
-  with HKDF-SHA256 from the caller's 32-byte key (label ``secagg/v1/state-encryption``, salt =
-  session id, info = role, round and party, the convention of :mod:`secagg.crypto.kdf`), a fresh
-  96-bit nonce from the OS CSPRNG, and associated data binding the domain label, the role, the
-  session id, the round, the party and a caller-provided monotonic counter.
+  (plaintext or sealed), the engine role and the round configuration's digest. Sealed blobs are
+  AES-256-GCM under a key derived with HKDF-SHA256 from the caller's 32-byte key (label
+  ``secagg/v1/state-encryption``, salt = configuration digest, info = role, round and party, the
+  convention of :mod:`secagg.crypto.kdf`), a fresh 96-bit nonce from the OS CSPRNG, and
+  associated data binding the domain label, the role, the configuration digest, the session id,
+  the round, the party and a caller-provided monotonic counter.
 
 Why a counter: the engines refuse contradicting requests only because they remember what they
 already did. A host that restores an older state (or the same state twice) lets a party answer
@@ -451,8 +452,8 @@ class RollbackGuard:
         """
         if counter <= self.last_opened:
             raise StateError(
-                f"state counter {counter} is not greater than the last opened counter"
-                f" {self.last_opened}: a rolled back or replayed state"
+                f"state counter {counter} is below the lowest accepted counter"
+                f" {self.min_counter}: a rolled back or replayed state"
             )
 
     def record(self, counter: int) -> None:
