@@ -275,3 +275,43 @@ def test_component_sums_leak_under_the_old_rule_and_are_refused_now() -> None:
     holders_owners = {u for u in range(12) if set(g.neighbors[u]) & {0, 1, 5, 8}}
     for u in holders_owners:
         assert "RemoteProtocolError" in new.refused[u], new.refused.get(u)
+
+
+# -- found by the strategy search: a colluder as the cut vertex of a block ---------------------
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="open (found by audits/strategy_search.py against the issue-8 rule): D_b counts a"
+    " colluding partner, whose pairwise masks the server knows; a colluder that is the only"
+    " link between two groups of a block's holders lets the server separate their sums."
+    " Requiring D_b + c partners closes it in the model (margin=c)",
+)
+def test_colluder_cut_vertex_cannot_split_a_block() -> None:
+    """harary_graph(12, 4), t=3, one tolerated colluder (ring position 2), min_holders 3,
+    block 0 held by positions 0..4; the server withholds the deliveries 1 <-> 3, so the honest
+    holders {0, 1} and {3, 4} are linked only through the colluder. Every holder keeps
+    2 >= D_b = 2 block partners (counting the colluder), one true list signed by everyone:
+    each group's sum comes out separately."""
+    inst = Instance("harary", 12, 4, 3, 1, 3, 1, "new")
+    rows = inst.neighbors
+    strategy = _strategy(
+        inst,
+        holders=(0, 1, 2, 3, 4),
+        lists=[((), tuple(u for u in range(12) if u != 2), ())],
+        sets=((0, 1), (3, 4)),
+        goal="split",
+    )
+    strategy.colluders = (2,)
+    strategy.masked = tuple(u for u in range(12) if u != 2)
+    strategy.partners = {
+        **{b: rows[b] for b in range(12)},
+        1: tuple(a for a in rows[1] if a != 3),
+        3: tuple(a for a in rows[3] if a != 1),
+    }
+    strategy.colluder_partners = {0: {2: rows[2]}}
+    with legacy_rule_for_audit():
+        old = replay(strategy)
+    assert old.recovered, (old.targets, old.refused)
+    new = replay(strategy)
+    assert not new.recovered, new.targets
