@@ -363,7 +363,8 @@ class Unmasker:
                 self._kind[np.asarray(owners, dtype=np.int64)] == kind
             ):
                 raise RemoteProtocolError(f"party {w} revealed a share it should not have")
-            if any(len(s) != store.share_bytes for s in shares):
+            # A message's records all have one length (checked when it was built or decoded).
+            if len(shares[0]) != store.share_bytes:
                 raise RemoteProtocolError(f"party {w} revealed a malformed share")
         for owners, shares, store, _ in groups:
             store.append(w, owners, shares)
