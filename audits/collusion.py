@@ -305,6 +305,7 @@ def _unmask_request(
     survivors: tuple[int, ...],
     dropped: tuple[int, ...],
     signatures: tuple[wire.PartySignature, ...] = (),
+    partner_sets: tuple[wire.PartnerSet, ...] = (),
 ) -> bytes:
     return wire.encode(
         wire.UnmaskRequest(
@@ -315,7 +316,19 @@ def _unmask_request(
             survivors=survivors,
             dropped=dropped,
             signatures=signatures,
+            partner_sets=partner_sets,
         )
+    )
+
+
+def _partner_sets(r: Round, party: int, survivors: tuple[int, ...]) -> tuple[wire.PartnerSet, ...]:
+    """The signed partner sets (from their real masked inputs) of ``party``'s surviving
+    neighbours, as an unmask request in active mode must carry them."""
+    masked = {m.sender: m for m in r.messages(wire.MaskedInput)}
+    return tuple(
+        wire.PartnerSet(w, masked[w].peers, masked[w].peers_signature)
+        for w in r.config.neighbors(party)
+        if w in masked and w in survivors
     )
 
 
@@ -405,7 +418,12 @@ def _lying_active(seed: int) -> dict[str, Any]:
         for u in everyone:
             lst = l1 if u in group_a else l2
             base_msg = wire.SurvivorList(
-                config.session_id, config.round_index, wire.SERVER, u, survivors=lst
+                config.session_id,
+                config.round_index,
+                wire.SERVER,
+                u,
+                survivors=lst,
+                dropped=(v,) if lst == l1 else (),
             )
             (msg,) = clients[u].receive(wire.encode(base_msg))
             sigs[lst].append(wire.PartySignature(u, msg.signature))
@@ -425,7 +443,11 @@ def _lying_active(seed: int) -> dict[str, Any]:
                     continue
                 c = copy.deepcopy(clients[u])
                 try:
-                    out = c.receive(_unmask_request(config, u, lst, drp, sig_list))
+                    out = c.receive(
+                        _unmask_request(
+                            config, u, lst, drp, sig_list, _partner_sets(r, u, lst)
+                        )
+                    )
                 except RemoteProtocolError:
                     refused += 1
                     continue
@@ -495,7 +517,12 @@ def _partwise(seed: int, active: bool = False) -> dict[str, Any]:
         collected = []
         for u in survivors:
             msg = wire.SurvivorList(
-                config.session_id, config.round_index, wire.SERVER, u, survivors=survivors
+                config.session_id,
+                config.round_index,
+                wire.SERVER,
+                u,
+                survivors=survivors,
+                dropped=dropped,
             )
             (reply,) = r.clients[u].receive(wire.encode(msg))
             collected.append(wire.PartySignature(u, reply.signature))
@@ -504,7 +531,10 @@ def _partwise(seed: int, active: bool = False) -> dict[str, Any]:
     for u in survivors:
         c = r.clients[u]
         try:
-            nonholder_answers += c.receive(_unmask_request(config, u, survivors, dropped, sigs))
+            partners = _partner_sets(r, u, survivors) if active else ()
+            nonholder_answers += c.receive(
+                _unmask_request(config, u, survivors, dropped, sigs, partners)
+            )
             if u < 3:
                 holders_refused[u] = False
         except RemoteProtocolError as exc:
