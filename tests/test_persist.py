@@ -672,6 +672,30 @@ def test_arbitrary_blobs_are_refused_with_typed_errors(data: bytes, with_prefix:
     raise AssertionError("an arbitrary blob was accepted")  # pragma: no cover
 
 
+@given(st.data())
+@settings(max_examples=300, deadline=None)
+def test_forged_fields_in_plaintext_states_never_half_load(data: st.DataObject) -> None:
+    """A plaintext state with one field replaced by an arbitrary value: loading either succeeds
+    (plaintext is trusted, the engine does not validate every field) or raises a SecAggError
+    and leaves the engine exactly fresh. Never another exception, never a half-loaded engine."""
+    scene = shared_scene()
+    server_side = data.draw(st.booleans())
+    state = copy.deepcopy(scene.server_state if server_side else scene.client_state)
+    field = data.draw(st.sampled_from(sorted(state)))
+    state[field] = data.draw(values)
+    engine: ClientEngine | ServerEngine = scene.server() if server_side else scene.client()
+    identity = (
+        persist.server_identity(scene.config)
+        if server_side
+        else persist.client_identity(scene.config, ME)
+    )
+    try:
+        engine.load_bytes(identity.prefix(0) + encode_value(state))
+    except SecAggError:
+        fresh = scene.server() if server_side else scene.client()
+        _same_engine_state(engine.state_dict(), fresh.state_dict())
+
+
 def test_sealed_rollback_stops_the_double_unmask_attack() -> None:
     """The hazard of tests/test_lying_server.py::test_state_dict_rollback_hazard, with sealed
     state and a RollbackGuard: the party's pre-unmask state, already opened once to answer the
