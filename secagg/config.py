@@ -107,6 +107,16 @@ class RoundConfig:
             )
         if self.active:
             _check_active_graph(self.graph)
+            h = self.graph.ring_half_width
+            if h is not None and self.threshold < h + 1 + self.tolerated_colluders:
+                # Lemma 3 of docs/protocol.md ("Active security on sparse graphs"): with c
+                # colluders, survivors need h + 1 + c partners for at most one group of honest
+                # parties to be unmaskable; every survivor keeps t of them.
+                raise ConfigError(
+                    f"active mode on a Harary ring with {self.tolerated_colluders} tolerated"
+                    " colluders needs t >= k/2 + 1 + colluders ="
+                    f" {h + 1 + self.tolerated_colluders}, got t={self.threshold}"
+                )
         if self.dim < 1:
             raise ConfigError(f"dim must be positive, got {self.dim}")
         if not 2 <= self.modulus_bits <= MAX_MODULUS_BITS:

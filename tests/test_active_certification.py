@@ -150,6 +150,13 @@ def test_active_mode_refuses_graphs_without_an_argument() -> None:
     # A ring that is too small for the lemma (n < 3h + 1) is refused too.
     with pytest.raises(ConfigError, match="3k/2"):
         make_config(12, t=5, kind="harary", k=8, active=True)
+    # With c colluders a ring needs t >= h + 1 + c (lemma 3), above the 2t > k + c guard.
+    with pytest.raises(ConfigError, match="colluders"):
+        pairs = [keys.generate_ed25519() for _ in range(30)]
+        RoundConfig(
+            secrets.token_bytes(16), 0, harary_graph(30, 8, secrets.token_bytes(32)), 5, 4, 16,
+            active=True, verify_keys=tuple(p[1] for p in pairs), tolerated_colluders=1,
+        )  # fmt: skip
     # The same graph in semi-honest mode is fine.
     RoundConfig(secrets.token_bytes(16), 0, petersen, 2, 4, 16)
 
@@ -303,7 +310,7 @@ def test_config_fields_round_trip() -> None:
             secrets.token_bytes(16),
             7,
             harary_graph(30, 8, secrets.token_bytes(32)),
-            5,
+            6,
             7,
             20,
             active=True,

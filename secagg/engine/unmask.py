@@ -31,23 +31,28 @@ from secagg.errors import AbortedError, RemoteProtocolError
 from secagg.messages import SERVER, UnmaskRequest, UnmaskResponse
 
 
-def connectivity_degree(config: RoundConfig, alive_holders: int) -> int:
-    """D_b: the fewest surviving partners that hold block b every revealed owner must keep
-    (active mode), so that at most one group of b's surviving holders can ever be unmasked.
+def connectivity_degree(config: RoundConfig, block: int) -> int:
+    """D_b: the fewest surviving partners holding block b that every revealed owner of b must
+    keep (active mode), so that at most one group of b's honest holders can ever be unmasked,
+    whatever lists the server shows and whoever of the c tolerated colluders helps it.
 
-    Whatever the server does, it can only remove masks from a set of holders closed under
-    partnership, i.e. a union of components of the partner graph on b's surviving holders A_b,
-    each member of which an honest party checked. If every checked vertex has degree >= |A_b|/2,
-    two disjoint components would need more than |A_b| vertices; on a Harary ring with
-    n >= 3h+1, degree >= h+1 already rules out two components (docs/protocol.md, "Active
-    security on sparse graphs", lemma 2). Either way the one group is all of A_b's checked part,
-    so per-component sums cannot be separated.
+    The server can only remove the masks of a group closed under partnership whose members all
+    had their self-mask seed revealed, each after an honest party checked it. Two such disjoint
+    groups of honest holders are impossible when (docs/protocol.md, "Active security on sparse
+    graphs", lemmas 3 and 4):
+
+    * D_b >= floor((|H_b| + c) / 2), with H_b all holders of b in the layout (not the survivors a
+      list claims, which the server chooses): each group would need more than half the honest
+      holders; or
+    * D_b >= h + 1 + c on a Harary ring with n >= 3h + 1: two disjoint vertex sets of the ring
+      graph cannot both keep h + 1 honest neighbours inside themselves.
     """
+    c = config.tolerated_colluders
     floor = config.blocks.min_holders - 1 if config.part_wise else 1
-    bound = alive_holders // 2
+    bound = (len(config.blocks.holders[block]) + c) // 2
     h = config.graph.ring_half_width
     if h is not None and config.num_parties >= 3 * h + 1:
-        bound = min(bound, h + 1)
+        bound = min(bound, h + 1 + c)
     return max(floor, bound)
 
 
@@ -88,7 +93,7 @@ def weak_blocks(
     weak = []
     for b in layout.holdings[party]:
         alive = count(b)
-        need = connectivity_degree(config, alive) if strict else layout.min_holders - 1
+        need = connectivity_degree(config, b) if strict else layout.min_holders - 1
         masked_with = sum(1 for h in surviving_peers if b in _held_set(config, h))
         if alive < layout.min_holders or masked_with < need:
             weak.append(b)
