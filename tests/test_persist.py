@@ -36,6 +36,7 @@ from secagg.engine.persist import (
     encode_value,
 )
 from secagg.errors import LocalProtocolError, SecAggError, StateError
+from secagg.layout import BlockLayout
 
 N, T, DIM, BITS = 5, 3, 8, 16
 ME = 0
@@ -245,22 +246,14 @@ def _same_engine_state(a: dict[str, Any], b: dict[str, Any]) -> None:
     assert encode_value({**a, "error": None}) == encode_value({**b, "error": None})
 
 
-@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "sealed"])
-@pytest.mark.parametrize("active", [False, True], ids=["semi-honest", "active"])
-def test_every_engine_persisted_after_every_step_finishes_the_round(
-    active: bool, sealed: bool
-) -> None:
-    """A stateless host: after every batch of messages, every engine (all parties and the
-    server) is written to bytes and replaced by a fresh engine loaded from them, sealed under a
-    RollbackGuard per engine. Two parties drop (one waiting for its input, one during
-    unmasking); the round still ends with the survivors' exact sum, and every state of both
-    engines was crossed."""
-    n = 6
-    config, signing = make_config(n, t=T, dim=DIM, bits=BITS, active=active)
-    inputs = random_inputs(n, DIM, BITS, seed=3)
-    # Party 5 never gets its input (it waits in AWAIT_INPUT: a drop before its masked input).
-    late = {u: x for u, x in inputs.items() if u != 5}
-    r = Router(config, signing, late, drops={4: "unmask"}, input_early=False)
+def _stateless_round(
+    r: Router, signing: list[bytes] | None, sealed: bool
+) -> tuple[set[ClientState], set[ServerState], dict[int, RollbackGuard]]:
+    """Run ``r`` as a stateless host would: after every batch of messages, every engine (all
+    parties and the server) is written to bytes and replaced by a fresh engine loaded from
+    them, sealed under a RollbackGuard per engine (key -1: the server). Returns the states
+    crossed and the guards."""
+    n = r.config.num_parties
     guards = {u: RollbackGuard() for u in [*range(n), -1]}
     seen_client: set[ClientState] = set()
     seen_server: set[ServerState] = set()
@@ -294,6 +287,24 @@ def test_every_engine_persisted_after_every_step_finishes_the_round(
         if not r.step():
             break
     persist_all()
+    return seen_client, seen_server, guards
+
+
+@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "sealed"])
+@pytest.mark.parametrize("active", [False, True], ids=["semi-honest", "active"])
+def test_every_engine_persisted_after_every_step_finishes_the_round(
+    active: bool, sealed: bool
+) -> None:
+    """A stateless host (see _stateless_round). Two parties drop (one waiting for its input,
+    one during unmasking); the round still ends with the survivors' exact sum, and every state
+    of both engines was crossed."""
+    n = 6
+    config, signing = make_config(n, t=T, dim=DIM, bits=BITS, active=active)
+    inputs = random_inputs(n, DIM, BITS, seed=3)
+    # Party 5 never gets its input (it waits in AWAIT_INPUT: a drop before its masked input).
+    late = {u: x for u, x in inputs.items() if u != 5}
+    r = Router(config, signing, late, drops={4: "unmask"}, input_early=False)
+    seen_client, seen_server, guards = _stateless_round(r, signing, sealed)
     out = r.outcome()
     assert out.result is not None, (out.error, out.client_errors)
     assert out.result.survivors == (0, 1, 2, 3, 4)
@@ -308,6 +319,34 @@ def test_every_engine_persisted_after_every_step_finishes_the_round(
     assert seen_server == expected_server
     if sealed:
         assert all(g.last_opened == g.last_sealed > 0 for g in guards.values())
+
+
+@pytest.mark.parametrize("active", [False, True], ids=["semi-honest", "active"])
+def test_stateless_host_on_a_sparse_part_wise_round(active: bool) -> None:
+    """The same stateless, sealed host on a Harary graph (n = 10, k = 4) with a part-wise
+    layout (block 0 held by party 0 and its neighbours, block 1 by everyone): per-block sums
+    exact."""
+    n, k, t = 10, 4, 3
+    base, signing = make_config(n, t=t, dim=8, bits=BITS, active=active, kind="harary", k=k)
+    # Block 0: party 0 and its graph neighbours (connected through 0); block 1: everyone.
+    block0 = {0, *base.neighbors(0)}
+    holdings = tuple((0, 1) if u in block0 else (1,) for u in range(n))
+    layout = BlockLayout((4, 4), holdings, min_holders=3)
+    config = dataclasses.replace(base, layout=layout)
+    gen = np.random.default_rng(5)
+    inputs = {
+        u: gen.integers(0, 1 << BITS, size=config.input_length(u), dtype=np.uint64)
+        for u in range(n)
+    }
+    r = Router(config, signing, inputs)
+    _stateless_round(r, signing, sealed=True)
+    out = r.outcome()
+    assert out.result is not None, (out.error, out.client_errors)
+    expected = np.zeros(layout.dim, dtype=np.uint64)
+    for u in range(n):
+        expected[layout.positions(layout.holdings[u])] += inputs[u]
+    expected &= np.uint64((1 << BITS) - 1)
+    np.testing.assert_array_equal(out.result.total.astype(np.uint64), expected)
 
 
 def _drive(r: Router, until: Callable[[Router], bool]) -> None:
