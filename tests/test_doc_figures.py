@@ -40,7 +40,14 @@ def test_every_generated_region_is_filled() -> None:
             body = doc_figures.read_region(path, name)
             assert body.strip() and "to be generated" not in body, (path, name)
             found.add(name)
-    assert {"part-results", "part-bytes"} <= found
+    assert {"part-results", "part-bytes", "part-grid-summary"} <= found
+
+
+def test_grid_prose_agrees_with_the_grid_table() -> None:
+    assert doc_figures.update_grid_summary(check=True) is False, (
+        "docs/parameter_parts.md's summary of the grid disagrees with parameter_parts_table.md:"
+        " run python scripts/doc_figures.py"
+    )
 
 
 def test_upload_expansion_in_benchmarks_is_current() -> None:
