@@ -17,7 +17,7 @@ protocol and threat model.
 """
 
 from secagg.arrays import ArraySpec
-from secagg.config import RoundConfig
+from secagg.config import ClientPolicy, RoundConfig
 from secagg.encoding import FixedPointEncoder, choose_modulus_bits
 from secagg.engine import AggregationResult, ClientEngine, RollbackGuard, ServerEngine
 from secagg.errors import (
@@ -25,6 +25,7 @@ from secagg.errors import (
     ConfigError,
     EncodingError,
     LocalProtocolError,
+    PolicyError,
     ProtocolError,
     RemoteProtocolError,
     SecAggError,
@@ -50,6 +51,7 @@ __all__ = [
     "AggregationResult",
     "ArraySpec",
     "ClientEngine",
+    "ClientPolicy",
     "ConfigError",
     "DropoutScript",
     "EncodingError",
@@ -57,6 +59,7 @@ __all__ = [
     "GraphParameters",
     "LocalProtocolError",
     "NeighborGraph",
+    "PolicyError",
     "ProtocolError",
     "RemoteProtocolError",
     "RollbackGuard",
