@@ -24,15 +24,19 @@ the parties still present after each phase.
    y_u = x_u + PRG(b_u) + sum_{v in U2 n N(u), u<v} PRG(s_uv) - sum_{v, u>v} PRG(s_uv) mod 2^B.
    Then u forgets s_u and b_u: only the shares held by others can recover them.
    *Server knows:* y_u, uniformly distributed as long as b_u stays secret.
-4. **ConsistencyCheck** (active mode only). The server sends U3; each party signs
-   (session, round, U3); the server forwards at least t signatures with the unmask request. Honest
-   parties then agree on one U3, so no party reveals s_v for a v that others treat as alive
-   (Bonawitz et al., section 4, round 3 of the active protocol).
+4. **ConsistencyCheck** (active mode only). The server sends L = (U3, D'), D' the dropped
+   parties some survivor masked with; each party signs L (bound to the configuration digest)
+   once. The unmask request carries signatures that *certify* L at every party the recipient's
+   reveals depend on: t signers from that party's own neighbourhood. With 2t > k + c two lists
+   cannot both be certified at one party, so every reveal about v, and about v's partners, uses
+   one list (Bonawitz et al., section 4, round 3, extended to sparse graphs: docs/protocol.md,
+   "Active security on sparse graphs").
 5. **Unmasking.** The server sends (survivors U3, dropped U2 \\ U3). For each neighbour v, an
    honest party reveals **exactly one** kind of share: b_v if v survived, s_v if v dropped; never
    both, because the pair would unmask y_v entirely. It refuses (and the round aborts) when the
    lists overlap, omit or invent a neighbour it masked with, exclude itself, leave it fewer than t
-   surviving neighbours, or (active mode) differ from what it signed or lack t valid signatures.
+   surviving neighbours, or (active mode) differ from what it signed, are not certified where
+   its reveals depend, or leave an owner's block with fewer than D_b surviving partners.
    The server reconstructs each b_v (v in U3) and each s_v (v dropped), removes PRG(b_v) and the
    dropped parties' pairwise masks, and outputs sum_{u in U3} x_u mod 2^B; it refuses to output
    anything for fewer than t survivors.
