@@ -1,0 +1,744 @@
+"""Red team of issue 8's active mode (commit be1d2ba): a lying server with colluders against the
+REAL engines, on sparse Harary rings and complete graphs, whole-vector and part-wise.
+
+Spec under attack: /work/briefs/active_rules.md (per-neighbourhood certification (C1), per-owner
+protection (C2) with the connectivity degree D_b, the config guard 2t > k + c, n >= 3h + 1).
+
+Every attack that the engines refuse is a plain test: the honest party raises a typed
+``RemoteProtocolError`` (or the configuration a ``ConfigError``), returns nothing and is left
+FAILED with its secrets wiped. Every attack that works is an ``xfail(strict=True,
+raises=AssertionError)`` test: its body asserts the property the spec promises, the assertion
+fails because the leak is real, and a fix turns it into an XPASS that strict mode reports.
+
+The breaks found (details in each test's docstring):
+
+* SPLIT-BY-TWO-LISTS (no colluder): D_b is computed from the |A_b| of the list being checked.
+  On a sparse ring two far-apart regions can each sign and certify their own list that simply
+  omits the other region's holders of a block, so each list sees a small block whose holders
+  form one group: the server unmasks each group's sum separately. Smallest: harary_graph(20, 2),
+  t=2, c=0, min_holders=2.
+* COLLUDER-AS-CUT-VERTEX: D_b (both the |A_b|/2 rule and the ring's h + 1 rule) counts
+  colluding partners, but a colluder hands the server its mask key, so it separates the block's
+  honest holders into groups whose sums come out one by one. Honest server, honest routing:
+  harary_graph(10, 6), t=4, c=1, min_holders=3. With one withheld delivery pair: harary_graph(7,
+  4), t=3, c=1; complete graph n=9, t=5, c=1.
+* With min_holders <= c (accepted by RoundConfig in active mode) the same pattern isolates ONE
+  honest party's block in a block of 7 surviving holders: harary_graph(8, 4), t=4, c=3.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import secrets as _secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from helpers import Router, decoded
+
+from secagg import encoding, graph
+from secagg import messages as wire
+from secagg.config import RoundConfig
+from secagg.crypto import keys, prg, shamir
+from secagg.engine import ClientEngine
+from secagg.engine._state import ClientState
+from secagg.engine.consistency import list_payload, partners_payload, signatures_for
+from secagg.engine.masked_input import mask_context
+from secagg.engine.masking import add_block_mask, pairwise_seed, self_mask_stream_seed
+from secagg.engine.share_keys import MASK_KEY_BYTES, self_mask_commitment
+from secagg.errors import (
+    AbortedError,
+    ConfigError,
+    ProtocolError,
+    RemoteProtocolError,
+)
+from secagg.layout import BlockLayout
+from secagg.messages import SERVER
+
+BLOCK = 16  # coordinates per block
+BITS = 32
+SECRET_ATTRS = ("_secrets", "_held", "_self_mask_seed", "_input", "_receive_keys")
+
+Response = wire.UnmaskResponse
+
+
+# -- configurations -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A round configuration, the parties' signing keys, and the ring order (position -> party;
+    the identity on the complete graph)."""
+
+    config: RoundConfig
+    signing: list[bytes]
+    ring: list[int]
+    pairs: list[tuple[bytes, bytes]]
+
+    def at(self, *positions: int) -> list[int]:
+        """The parties at these ring positions (mod n)."""
+        n = self.config.num_parties
+        return [self.ring[p % n] for p in positions]
+
+
+def build(
+    n: int,
+    t: int,
+    *,
+    k: int | None = None,
+    c: int = 0,
+    block0: Iterable[int] | None = None,
+    min_holders: int = 2,
+    session_id: bytes | None = None,
+    round_index: int = 0,
+    pairs: list[tuple[bytes, bytes]] | None = None,
+    graph_seed: bytes | None = None,
+    active: bool = True,
+) -> Setup:
+    """Active config on harary_graph(n, k) (complete graph when k is None). ``block0``: ring
+    positions holding block 0 (part-wise: everyone holds block 1, the holders of block 0 hold
+    both); None: whole-vector aggregation."""
+    if k is None:
+        g = graph.complete_graph(n)
+        ring = list(range(n))
+    else:
+        g = graph.harary_graph(n, k, graph_seed or _secrets.token_bytes(32))
+        assert g.ring is not None
+        ring = list(g.ring)
+    layout = None
+    if block0 is not None:
+        holders = {ring[p % n] for p in block0}
+        layout = BlockLayout(
+            (BLOCK, BLOCK),
+            tuple((0, 1) if u in holders else (1,) for u in range(n)),
+            min_holders=min_holders,
+        )
+    if pairs is None:
+        pairs = [keys.generate_ed25519() for _ in range(n)]
+    signing = [p[0] for p in pairs]
+    verify = tuple(p[1] for p in pairs)
+    config = RoundConfig(
+        session_id=session_id or _secrets.token_bytes(16),
+        round_index=round_index,
+        graph=g,
+        threshold=t,
+        dim=BLOCK if layout is None else layout.dim,
+        modulus_bits=BITS,
+        active=active,
+        verify_keys=verify if active else None,
+        layout=layout,
+        tolerated_colluders=c,
+    )
+    return Setup(config, signing, ring, pairs)
+
+
+# -- the lying server -----------------------------------------------------------------------------
+
+
+def forge(msg: wire.Message, **fields: object) -> wire.Message:
+    """A copy of a valid message with fields replaced, bypassing dataclass validation."""
+    out = copy.copy(msg)
+    for name, value in fields.items():
+        object.__setattr__(out, name, value)
+    return out
+
+
+@dataclass
+class Lab:
+    """Real ClientEngines for every party and a malicious server assembled from their real
+    messages. Honest key directories; share deliveries as the server likes (``withheld``
+    (sender, receiver) pairs are not delivered); colluders hand over their mask keys, self-mask
+    seeds and every share they hold, and sign whatever they are asked to."""
+
+    setup: Setup
+    colluders: frozenset[int] = frozenset()
+    withheld: frozenset[tuple[int, int]] = frozenset()
+    clients: dict[int, ClientEngine] = field(init=False)
+    inputs: dict[int, npt.NDArray[np.uint64]] = field(init=False)
+    publics: dict[int, bytes] = field(init=False)
+    commitments: dict[int, bytes] = field(init=False)
+    masked: dict[int, wire.MaskedInput] = field(init=False, default_factory=dict)
+    errors: dict[int, ProtocolError] = field(init=False, default_factory=dict)
+    signatures: dict[tuple[tuple[int, ...], tuple[int, ...]], dict[int, bytes]] = field(
+        init=False, default_factory=dict
+    )
+    responses: list[Response] = field(init=False, default_factory=list)
+    colluder_keys: dict[int, bytes] = field(init=False, default_factory=dict)
+    colluder_seeds: dict[int, bytes] = field(init=False, default_factory=dict)
+    colluder_shares: list[tuple[int, dict[int, bytes], dict[int, bytes]]] = field(
+        init=False, default_factory=list
+    )
+
+    @property
+    def config(self) -> RoundConfig:
+        return self.setup.config
+
+    def to(self, u: int) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "session_id": cfg.session_id,
+            "round_index": cfg.round_index,
+            "sender": SERVER,
+            "recipient": u,
+        }
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        n = cfg.num_parties
+        gen = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+        self.inputs = {
+            u: gen.integers(0, 1 << BITS, size=cfg.input_length(u), dtype=np.uint64)
+            for u in range(n)
+        }
+        self.clients = {
+            u: ClientEngine(cfg, u, signing_key=self.setup.signing[u]) for u in range(n)
+        }
+        advertised = {}
+        for u, client in self.clients.items():
+            client.set_input(self.inputs[u])
+            (advertised[u],) = client.start()
+        self.publics = {u: m.keys.mask_public for u, m in advertised.items()}
+        sealed: dict[int, wire.EncryptedShares] = {}
+        for u in range(n):
+            entries = tuple(advertised[v].keys for v in cfg.neighbors(u))
+            (msg,) = self.clients[u].receive(wire.KeyDirectory(**self.to(u), entries=entries))
+            assert isinstance(msg, wire.EncryptedShares)
+            sealed[u] = msg
+        self.commitments = {u: m.self_mask_commitment for u, m in sealed.items()}
+        for c in self.colluders:
+            secrets_ = self.clients[c]._secrets
+            assert secrets_ is not None and self.clients[c]._self_mask_seed is not None
+            self.colluder_keys[c] = secrets_.mask_private
+            self.colluder_seeds[c] = self.clients[c]._self_mask_seed
+        for v in range(n):
+            senders = tuple(u for u in cfg.neighbors(v) if (u, v) not in self.withheld)
+            cts = tuple(sealed[u].ciphertexts[sealed[u].receivers.index(v)] for u in senders)
+            delivery = wire.ShareDelivery(**self.to(v), senders=senders, ciphertexts=cts)
+            try:
+                (msg,) = self.clients[v].receive(wire.encode(delivery))
+            except ProtocolError as exc:
+                self.errors[v] = exc
+                continue
+            assert isinstance(msg, wire.MaskedInput)
+            self.masked[v] = msg
+        for c in self.colluders:
+            held = self.clients[c]._held
+            assert held is not None
+            self.colluder_shares.append(
+                (c, dict(held.self_mask_shares), dict(held.mask_key_shares))
+            )
+
+    # -- ConsistencyCheck -------------------------------------------------------------------------
+
+    def show(
+        self, parties: Iterable[int], survivors: Sequence[int], dropped: Sequence[int] = ()
+    ) -> dict[int, bytes]:
+        """Show the list (U3, D') to ``parties``; returns every signature on it collected so far
+        (colluders sign any list that names them as survivors)."""
+        cfg = self.config
+        lst = (tuple(survivors), tuple(dropped))
+        sigs = self.signatures.setdefault(lst, {})
+        for u in parties:
+            if u in self.colluders:
+                sigs[u] = keys.sign(self.setup.signing[u], list_payload(cfg, *lst))
+                continue
+            message = wire.SurvivorList(**self.to(u), survivors=(), dropped=())
+            data = wire.encode(forge(message, survivors=lst[0], dropped=lst[1]))
+            try:
+                (reply,) = self.clients[u].receive(data)
+            except ProtocolError as exc:
+                self.errors.setdefault(u, exc)
+                continue
+            assert isinstance(reply, wire.SurvivorSignature)
+            sigs[u] = reply.signature
+        return sigs
+
+    def partner_set(self, w: int, claimed: Sequence[int] | None = None) -> wire.PartnerSet | None:
+        """w's signed partner set: the genuine one, or (colluder) any claimed set it signs."""
+        if claimed is not None:
+            assert w in self.colluders
+            payload = partners_payload(self.config, w, tuple(claimed))
+            return wire.PartnerSet(w, tuple(claimed), keys.sign(self.setup.signing[w], payload))
+        m = self.masked.get(w)
+        return None if m is None else wire.PartnerSet(w, m.peers, m.peers_signature)
+
+    # -- Unmasking --------------------------------------------------------------------------------
+
+    def request(
+        self,
+        u: int,
+        survivors: Sequence[int],
+        dropped: Sequence[int] = (),
+        *,
+        signatures: Sequence[wire.PartySignature] | None = None,
+        partner_sets: Sequence[wire.PartnerSet] | None = None,
+    ) -> bytes:
+        """The wire bytes of an unmask request; by default with the signatures the real server
+        forwards (``signatures_for``) and the partner sets of u's listed surviving neighbours."""
+        cfg = self.config
+        lst = (tuple(survivors), tuple(dropped))
+        if signatures is None:
+            signatures = signatures_for(cfg, u, self.signatures.get(lst, {}))
+        if partner_sets is None:
+            alive = set(survivors)
+            shown = [self.partner_set(w) for w in cfg.neighbors(u) if w in alive]
+            partner_sets = [s for s in shown if s is not None]
+        base = wire.UnmaskRequest(**self.to(u), survivors=(), dropped=())
+        return wire.encode(
+            forge(
+                base,
+                survivors=lst[0],
+                dropped=lst[1],
+                signatures=tuple(signatures),
+                partner_sets=tuple(partner_sets),
+            )
+        )
+
+    def ask(self, u: int, survivors: Sequence[int], dropped: Sequence[int] = (), **kw: Any) -> Any:
+        """Send u an unmask request; returns its response, or the error it refused with."""
+        data = self.request(u, survivors, dropped, **kw)
+        try:
+            (reply,) = self.clients[u].receive(data)
+        except ProtocolError as exc:
+            self.errors.setdefault(u, exc)
+            return exc
+        assert isinstance(reply, Response)
+        self.responses.append(reply)
+        return reply
+
+    # -- what the server can compute --------------------------------------------------------------
+
+    def known_secrets(self) -> tuple[dict[int, bytes], dict[int, bytes]]:
+        return known_secrets(
+            self.config,
+            self.responses,
+            self.colluder_shares,
+            self.colluder_seeds,
+            self.colluder_keys,
+            self.publics,
+            self.commitments,
+        )
+
+    def block_sum(self, members: Iterable[int], block: int = 0) -> npt.NDArray[np.uint64] | None:
+        seeds, mkeys = self.known_secrets()
+        return block_sum(self.config, self.masked, seeds, mkeys, self.publics, members, block)
+
+    def truth(self, members: Iterable[int], block: int = 0) -> npt.NDArray[np.uint64]:
+        return true_block_sum(self.config, self.inputs, members, block)
+
+
+def _reconstruct(shares: Mapping[int, bytes], t: int, secret_bytes: int) -> bytes | None:
+    if len(shares) < t:
+        return None
+    holders = sorted(shares)[:t]
+    rows = np.stack([np.frombuffer(shares[h], dtype=">u4").astype(np.uint64) for h in holders])
+    return shamir.reconstruct([h + 1 for h in holders], rows[:, None, :], secret_bytes)[0]
+
+
+def known_secrets(
+    config: RoundConfig,
+    responses: Iterable[Response],
+    colluder_shares: Iterable[tuple[int, dict[int, bytes], dict[int, bytes]]],
+    colluder_seeds: Mapping[int, bytes],
+    colluder_keys: Mapping[int, bytes],
+    publics: Mapping[int, bytes],
+    commitments: Mapping[int, bytes],
+) -> tuple[dict[int, bytes], dict[int, bytes]]:
+    """Every self-mask seed b_u and mask key s_u the server can rebuild from t revealed or
+    colluder-held shares (checked against the commitment / public key), plus the colluders'."""
+    n = config.num_parties
+    b_shares: dict[int, dict[int, bytes]] = {u: {} for u in range(n)}
+    s_shares: dict[int, dict[int, bytes]] = {u: {} for u in range(n)}
+    for m in responses:
+        for o, share in zip(m.self_mask_owners, m.self_mask_shares, strict=True):
+            b_shares[o][m.sender] = share
+        for o, share in zip(m.mask_key_owners, m.mask_key_shares, strict=True):
+            s_shares[o][m.sender] = share
+    for holder, own_b, own_s in colluder_shares:
+        for o, share in own_b.items():
+            b_shares[o][holder] = share
+        for o, share in own_s.items():
+            s_shares[o][holder] = share
+    seeds, mkeys = dict(colluder_seeds), dict(colluder_keys)
+    t = config.threshold
+    for o in range(n):
+        b = _reconstruct(b_shares[o], t, prg.SEED_BYTES)
+        if (
+            o not in seeds
+            and b is not None
+            and self_mask_commitment(config, o, b) == commitments[o]
+        ):
+            seeds[o] = b
+        s = _reconstruct(s_shares[o], t, MASK_KEY_BYTES)
+        if o not in mkeys and s is not None and keys.x25519_public(s) == publics[o]:
+            mkeys[o] = s
+    return seeds, mkeys
+
+
+def block_sum(
+    config: RoundConfig,
+    masked: Mapping[int, wire.MaskedInput],
+    seeds: Mapping[int, bytes],
+    mkeys: Mapping[int, bytes],
+    publics: Mapping[int, bytes],
+    members: Iterable[int],
+    block: int = 0,
+) -> npt.NDArray[np.uint64] | None:
+    """The server's arithmetic: sum over ``members`` of their masked vectors on ``block``, minus
+    every mask it can compute. None when some mask on the block is unknown to it (then nothing
+    about the members' inputs comes out: the pads are uniform)."""
+    ctx = mask_context(config)
+    layout = config.blocks
+    part_wise = config.part_wise
+    acc = np.zeros(config.dim, dtype=ctx.dtype)
+    group = set(members)
+    for u in group:
+        if u not in masked or u not in seeds:
+            return None
+        m = masked[u]
+        y = encoding.unpack(m.payload, BITS, m.count).astype(ctx.dtype)
+        mine = layout.holdings[u] if part_wise else ()
+        where = layout.positions(mine) if part_wise else np.arange(config.dim)
+        acc[where] += y
+        add_block_mask(
+            acc,
+            self_mask_stream_seed(ctx, seeds[u], u),
+            ctx.layout,
+            mine,
+            where if part_wise else None,
+            subtract=True,
+        )
+        for w in m.peers:
+            common = layout.common_blocks(u, w) if part_wise else ()
+            if part_wise and block not in common:
+                continue  # no pad on this block
+            if w in group and w in masked and u in masked[w].peers:
+                continue  # w added the same pad with the opposite sign
+            if u in mkeys:
+                secret = keys.x25519_shared_secret(mkeys[u], publics[w])
+            elif w in mkeys:
+                secret = keys.x25519_shared_secret(mkeys[w], publics[u])
+            else:
+                return None
+            add_block_mask(
+                acc,
+                pairwise_seed(ctx, secret, u, w),
+                ctx.layout,
+                (block,) if part_wise else (),
+                layout.positions((block,)) if part_wise else None,
+                subtract=u < w,  # u added it with subtract = u > w
+            )
+    out = acc[layout.positions((block,))] if part_wise else acc
+    return encoding.reduce(out, BITS).astype(np.uint64)
+
+
+def true_block_sum(
+    config: RoundConfig,
+    inputs: Mapping[int, npt.NDArray[np.uint64]],
+    members: Iterable[int],
+    block: int = 0,
+) -> npt.NDArray[np.uint64]:
+    layout = config.blocks
+    total = np.zeros(layout.block_sizes[block], dtype=np.uint64)
+    for u in members:
+        x = inputs[u]
+        total += x[layout.local_positions(u, (block,))] if config.part_wise else x
+    return total & np.uint64((1 << BITS) - 1)
+
+
+def leaked(lab_sum: npt.NDArray[np.uint64] | None, truth: npt.NDArray[np.uint64]) -> bool:
+    return lab_sum is not None and bool(np.array_equal(lab_sum, truth))
+
+
+def assert_wiped(client: ClientEngine) -> None:
+    for name in SECRET_ATTRS:
+        assert getattr(client, name, None) is None, name
+
+
+def assert_refused(outcome: object, client: ClientEngine, match: str | None = None) -> None:
+    """The honest party refused with a typed remote error, and is FAILED with secrets gone."""
+    assert isinstance(outcome, RemoteProtocolError), outcome
+    if match is not None:
+        assert match in str(outcome), str(outcome)
+    assert client.state is ClientState.FAILED
+    assert_wiped(client)
+
+
+def everyone(setup: Setup) -> tuple[int, ...]:
+    return tuple(range(setup.config.num_parties))
+
+
+def without(setup: Setup, parties: Iterable[int]) -> tuple[int, ...]:
+    gone = set(parties)
+    return tuple(u for u in range(setup.config.num_parties) if u not in gone)
+
+
+def random_words(config: RoundConfig) -> dict[int, npt.NDArray[np.uint64]]:
+    gen = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+    return {
+        u: gen.integers(0, 1 << BITS, size=config.input_length(u), dtype=np.uint64)
+        for u in range(config.num_parties)
+    }
+
+
+def honest_round(
+    setup: Setup, colluders: Sequence[int]
+) -> tuple[Router, dict[int, bytes], dict[int, npt.NDArray[np.uint64]]]:
+    """A completely honest round through the real ServerEngine; the colluders only hand the
+    server their mask keys (read before they mask)."""
+    inputs = random_words(setup.config)
+    r = Router(setup.config, setup.signing if setup.config.active else None, inputs)
+    r.start()
+    keys_ = {}
+    for c in colluders:
+        secrets_ = r.clients[c]._secrets
+        assert secrets_ is not None
+        keys_[c] = secrets_.mask_private
+    r.run()
+    return r, keys_, inputs
+
+
+def recover_from_transcript(
+    r: Router, colluder_keys: Mapping[int, bytes], members: Sequence[int]
+) -> npt.NDArray[np.uint64] | None:
+    """What the server plus the colluders compute from the real server's transcript: the
+    revealed shares, the masked inputs and the colluders' mask keys."""
+    cfg = r.config
+    inbox = [wire.decode(b) for b in r.server_inbox]
+    masked = {m.sender: m for m in inbox if isinstance(m, wire.MaskedInput)}
+    responses = [m for m in inbox if isinstance(m, Response)]
+    publics = {m.sender: m.keys.mask_public for m in inbox if isinstance(m, wire.AdvertiseKeys)}
+    commitments = {
+        m.sender: m.self_mask_commitment for m in inbox if isinstance(m, wire.EncryptedShares)
+    }
+    seeds, mkeys = known_secrets(cfg, responses, [], {}, colluder_keys, publics, commitments)
+    if not cfg.active:  # semi-honest parties send no partner set: they mask with what arrived
+        outbox = [wire.decode(b) for b in r.server_outbox]
+        delivered = {m.recipient: m.senders for m in outbox if isinstance(m, wire.ShareDelivery)}
+        masked = {u: dataclasses.replace(m, peers=delivered[u]) for u, m in masked.items()}
+    return block_sum(cfg, masked, seeds, mkeys, publics, members)
+
+
+# ================================================================================================
+# Breaks of be1d2ba (each leaked there: see the report), refused since e2d1af2
+# ================================================================================================
+
+
+def _two_lists_lab() -> tuple[Lab, list[int], list[int]]:
+    """harary_graph(20, 2) (a 20-cycle, h = 1), t = 2, c = 0, part-wise, min_holders = 2.
+    Block 0 is held by ring positions {0, 1} (A) and {10, 11} (B); everyone holds block 1.
+    Honest key exchange and routing."""
+    setup = build(20, 2, k=2, c=0, block0=(0, 1, 10, 11), min_holders=2)
+    lab = Lab(setup)
+    assert not lab.errors and len(lab.masked) == 20
+    return lab, setup.at(0, 1), setup.at(10, 11)
+
+
+def test_two_lists_in_distant_regions_cannot_split_a_block() -> None:
+    """BREAK of be1d2ba (smallest: this configuration, no colluder). D_b was computed from
+    |A_b| of the list being checked. Lists: L1 = everyone but B, signed by ring positions
+    -4..5; L2 = everyone but A, signed by 6..15. Every honest party signs one list, each list is
+    certified at every party the revealers' checks look at, and under L1 block 0 had |A_b| = 2,
+    so D_b = 1 and a1, a2 passed with one partner each (B likewise under L2): the server got
+    x_a1 + x_a2 and x_b1 + x_b2 separately. Since e2d1af2 D_b uses the layout's 4 holders
+    (D_b = 2), and every revealer of an A or B seed refuses."""
+    lab, a, b = _two_lists_lab()
+    setup = lab.setup
+    l1, l2 = without(setup, b), without(setup, a)
+    assert len(lab.show(setup.at(*range(-4, 6)), l1)) == 10
+    assert len(lab.show(setup.at(*range(6, 16)), l2)) == 10
+    for group, lst, positions in ((a, l1, (-1, 0, 1, 2)), (b, l2, (9, 10, 11, 12))):
+        for r in setup.at(*positions):
+            outcome = lab.ask(r, lst)
+            assert_refused(outcome, lab.clients[r], match="blocks [0]")
+        assert lab.block_sum(group) is None
+    assert not lab.responses
+
+
+def test_two_lists_true_list_is_refused_and_the_honest_server_aborts() -> None:
+    """Control for the layout above: under the true list the block is two separate pairs."""
+    lab, _, _ = _two_lists_lab()
+    setup = lab.setup
+    alive = everyone(setup)
+    lab.show(alive, alive)
+    (revealer,) = setup.at(-1)
+    assert_refused(lab.ask(revealer, alive), lab.clients[revealer], match="blocks [0]")
+    r = Router(setup.config, setup.signing, random_words(setup.config))
+    out = r.run()
+    assert out.result is None and isinstance(out.error, AbortedError)
+
+
+# -- a colluder as the cut vertex of a block ------------------------------------------------------
+
+
+def _cut_vertex_lying_server(
+    setup: Setup,
+    colluders: Sequence[int],
+    a: Sequence[int],
+    b: Sequence[int],
+    revealers: Sequence[int],
+) -> tuple[Lab, bool, bool]:
+    """Withhold every delivery between A and B, show everyone the true list, ask
+    ``revealers``; returns whether A's and B's block-0 sums came out."""
+    withheld = frozenset((u, v) for u in a for v in b) | frozenset((v, u) for u in a for v in b)
+    lab = Lab(setup, colluders=frozenset(colluders), withheld=withheld)
+    alive = everyone(setup)
+    lab.show(alive, alive)
+    for u in revealers:
+        lab.ask(u, alive)
+    return (
+        lab,
+        leaked(lab.block_sum(a), lab.truth(a)),
+        leaked(lab.block_sum(b), lab.truth(b)),
+    )
+
+
+def test_colluder_cut_vertex_with_honest_server_and_routing_is_refused() -> None:
+    """BREAK of be1d2ba (honest server, honest routing, c = 1 tolerated): harary_graph(10, 6),
+    t = 4, min_holders = 3 (= c + 2). Block 0 held by ring positions {-3, -2} (A), 0 (the
+    colluder), {2, 3} (B); -1, 1 and 4..6 hold block 1 only. |A_b| = 5 gave D_b = 2: each A and B
+    holder had 2 block partners counting the colluder, the server's connectivity check passed
+    through the colluder, the round finished, and the server with the colluder's mask key
+    computed x_a1 + x_a2 and x_b1 + x_b2 on block 0. Since e2d1af2: RoundConfig refuses
+    t = 4 < h + 1 + c on this ring; with t = 5 it is accepted, D_b = 3, and the honest server
+    aborts (and so would every revealer)."""
+    layout = {"block0": (-3, -2, 0, 2, 3), "min_holders": 3}
+    with pytest.raises(ConfigError, match=r"t >= k/2 \+ 1 \+ colluders"):
+        build(10, 4, k=6, c=1, **layout)  # type: ignore[arg-type]
+    setup = build(10, 5, k=6, c=1, **layout)  # type: ignore[arg-type]
+    (c0,) = setup.at(0)
+    a, b = setup.at(-3, -2), setup.at(2, 3)
+    r, colluder_keys, inputs = honest_round(setup, [c0])
+    assert r.server.result is None and isinstance(r.error, AbortedError)
+    assert "blocks [0]" in str(r.error)
+    assert not decoded(r.server_inbox, wire.UnmaskResponse)
+    for group in (a, b):
+        got = recover_from_transcript(r, colluder_keys, group)
+        assert not leaked(got, true_block_sum(setup.config, inputs, group))
+
+
+def test_colluder_cut_vertex_smallest_harary_is_refused() -> None:
+    """BREAK of be1d2ba (smallest ring): harary_graph(7, 4), t = 3, c = 1, min_holders = 3;
+    block 0 at positions {5, 6} (A), 0 (colluder), {1, 2} (B); the server withholds the
+    deliveries 6 <-> 1 and shows the true list: the two pairs' sums came out. Since e2d1af2
+    t = 3 is refused (needs t >= 4), and with t = 4 = k the withheld deliveries leave 6 and 1
+    below t (they refuse them) while every revealer refuses the thin block."""
+    layout = {"block0": (0, 1, 2, 5, 6), "min_holders": 3}
+    with pytest.raises(ConfigError, match="colluders"):
+        build(7, 3, k=4, c=1, **layout)  # type: ignore[arg-type]
+    setup = build(7, 4, k=4, c=1, **layout)  # type: ignore[arg-type]
+    (c0,) = setup.at(0)
+    a, b = setup.at(5, 6), setup.at(1, 2)
+    lab, leak_a, leak_b = _cut_vertex_lying_server(setup, [c0], a, b, setup.at(2, 3, 4, 5))
+    assert not (leak_a or leak_b)
+    assert set(lab.errors) >= set(setup.at(6, 1))  # refused a delivery of 3 < t senders
+    assert all(isinstance(e, RemoteProtocolError) for e in lab.errors.values())
+    assert not lab.responses
+
+
+def test_colluder_cut_vertex_complete_graph_is_refused() -> None:
+    """BREAK of be1d2ba on the COMPLETE graph: n = 9, t = 5, c = 1, min_holders = 3. Block 0
+    held by A = {0, 1}, B = {2, 3} and the colluder 4; the server withholds the deliveries
+    between A and B (each keeps 6 >= t partners). D_b was max(2, floor(5/2)) = 2, the colluder
+    counting for both groups: 5..8 plus the colluder's held shares gave t shares of every
+    seed, and both pairs' sums came out. Since e2d1af2 D_b = floor((5 + 1)/2) = 3: refused."""
+    setup = build(9, 5, c=1, block0=(0, 1, 2, 3, 4), min_holders=3)
+    lab, leak_a, leak_b = _cut_vertex_lying_server(setup, [4], [0, 1], [2, 3], [5, 6, 7, 8])
+    assert not (leak_a or leak_b)
+    for u in (5, 6, 7, 8):
+        assert_refused(lab.errors.get(u), lab.clients[u], match="blocks [0]")
+
+
+def test_three_colluders_around_one_holder_cannot_isolate_it() -> None:
+    """BREAK of be1d2ba with min_holders = c + 1 (accepted): harary_graph(8, 4), t = 4, c = 3,
+    block 0 at positions 0, 1, 3 (colluders), 2 (victim), 5, 6, 7; position 4 holds block 1
+    only. D_b = 3 and the victim's three block partners were the colluders: an honest round
+    finished and the server + colluders had x_v on block 0 of a 7-holder block. Since e2d1af2
+    the ring needs t >= h + 1 + c = 6 > k; on harary_graph(13, 8) with t = 8 the same pattern
+    (three colluders, non-holders elsewhere) gives D_b = 5 and the honest server aborts."""
+    with pytest.raises(ConfigError, match="colluders"):
+        build(8, 4, k=4, c=3, block0=(0, 1, 2, 3, 5, 6, 7), min_holders=4)
+    setup = build(13, 8, k=8, c=3, block0=(-2, -1, 0, 1, 5, 6, 7), min_holders=4)
+    colluders = setup.at(-2, -1, 1)
+    (v,) = setup.at(0)
+    r, colluder_keys, inputs = honest_round(setup, colluders)
+    assert r.server.result is None and isinstance(r.error, AbortedError)
+    got = recover_from_transcript(r, colluder_keys, [v])
+    assert not leaked(got, true_block_sum(setup.config, inputs, [v]))
+
+
+# ================================================================================================
+# Open at e2d1af2 (HEAD when written)
+# ================================================================================================
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="BREAK (semi-honest mode, default threat model: honest-but-curious server + up to"
+    " t-1 colluders): the server's block-connectivity check and the parties' min_holders - 1"
+    " rule count a colluding holder as a link; one colluder between two groups of a block's"
+    " holders lets the server compute each group's sum (docs/protocol.md, 'Block connectivity')",
+)
+def test_semi_honest_colluder_cut_vertex_splits_a_block() -> None:
+    """Semi-honest round on harary_graph(10, 6), t = 4, min_holders = 3 (= c + 2 for one
+    colluder), honest server and routing, nobody drops. Block 0 held by ring positions
+    {-3, -2} (A), 0 (the colluder), {2, 3} (B); the others hold block 1 only. Every holder keeps
+    2 = min_holders - 1 block partners, the server's disconnected_blocks sees one group (through
+    the colluder), the round finishes with the right 5-holder sum, and from its transcript plus
+    the colluder's mask key the server computes x_a1 + x_a2 and x_b1 + x_b2 on block 0.
+    docs/protocol.md promises 'the server + up to c colluding parties (semi-honest: c <= t-1)'
+    learn the same as the server: the sum per block, never a proper group's. Fix: count only
+    non-colluding links (min_holders - 1 + c partners per block, or a (c+1)-connected block
+    graph) in semi-honest mode too, with c = t - 1 or a configured bound."""
+    setup = build(10, 4, k=6, block0=(-3, -2, 0, 2, 3), min_holders=3, active=False)
+    (c0,) = setup.at(0)
+    a, b = setup.at(-3, -2), setup.at(2, 3)
+    r, colluder_keys, inputs = honest_round(setup, [c0])
+    result = r.server.result
+    assert result is not None, r.error
+    holders = setup.config.blocks.holders[0]
+    np.testing.assert_array_equal(
+        result.total[:BLOCK].astype(np.uint64), true_block_sum(setup.config, inputs, holders)
+    )
+    leaks = [
+        leaked(
+            recover_from_transcript(r, colluder_keys, g), true_block_sum(setup.config, inputs, g)
+        )
+        for g in (a, b)
+    ]
+    assert not any(leaks), (
+        f"honest-but-curious server + colluder {c0} computed x{a[0]} + x{a[1]} and"
+        f" x{b[0]} + x{b[1]} on block 0 separately: {leaks}"
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="WEAKNESS: RoundConfig accepts active part-wise rounds with min_holders <"
+    " tolerated_colluders + 2 (the layout's documented precondition is not enforced); a block"
+    " held by one honest party and c colluders then reveals that party's value",
+)
+def test_active_min_holders_below_c_plus_2_reveals_an_honest_block() -> None:
+    """Complete graph n = 7, t = 5, tolerated_colluders = 2 (2t = 10 > 6 + 2), min_holders = 3:
+    the server (who draws the layout) gives block 0 to party 0 and the two colluders 1, 2. Every
+    check passes (3 >= min_holders holders, D_b = 2 partners), the honest round finishes, and
+    block 0's sum minus the colluders' inputs is x_0. docs/protocol.md promises a lying server
+    + c colluders never learns an honest input; RoundConfig (or ClientPolicy's default) should
+    refuse min_holders < c + 2 in active part-wise mode."""
+    try:
+        setup = build(7, 5, c=2, block0=(0, 1, 2), min_holders=3)
+    except ConfigError:
+        return  # refused: fixed
+    r, colluder_keys, inputs = honest_round(setup, [1, 2])
+    assert r.server.result is not None or isinstance(r.error, ProtocolError)
+    got = recover_from_transcript(r, colluder_keys, [0])
+    assert not leaked(got, true_block_sum(setup.config, inputs, [0])), (
+        "server + colluders 1, 2 learned party 0's block 0 exactly"
+    )
