@@ -742,3 +742,396 @@ def test_active_min_holders_below_c_plus_2_reveals_an_honest_block() -> None:
     assert not leaked(got, true_block_sum(setup.config, inputs, [0])), (
         "server + colluders 1, 2 learned party 0's block 0 exactly"
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="BREAK (semi-honest whole-vector SecAgg+, honest server, c = 2 <= t-1 colluders and"
+    " two honest dropouts): the pair sum x_v + x_v' comes out; disconnected_blocks is skipped"
+    " on rings with t >= h + 1, a lemma that only holds without colluders",
+)
+def test_semi_honest_whole_vector_pair_sum_with_colluders_and_dropouts() -> None:
+    """harary_graph(10, 4) (h = 2), t = 3, semi-honest, everything routed honestly. Ring
+    positions: -2 and 3 drop before masking, -1 and 2 collude, v and v' sit at 0 and 1, the
+    others at 4..7. Every survivor keeps 3 >= t surviving partners, so the honest server
+    unmasks; v's and v''s pads are with each other, with the colluders (keys known) and with
+    the dropped parties (keys reconstructed as the protocol says). The server gets x_v + x_v'
+    and the sum of 4..7 separately. docs/protocol.md: 'the server + up to c colluding parties
+    (semi-honest: c <= t-1)' learn only the per-round sum. On sparse graphs the semi-honest
+    guarantee with colluders is Bell et al.'s weaker one (an honest input only inside a sum of
+    a group); either the docs say so or the server needs t >= h + 1 + (t - 1), i.e. the
+    complete graph."""
+    setup = build(10, 3, k=4, active=False)
+    v, v2 = setup.at(0, 1)
+    colluders = setup.at(-1, 2)
+    dropped = setup.at(-2, 3)
+    inputs = random_words(setup.config)
+    r = Router(setup.config, None, inputs, drops=dict.fromkeys(dropped, "masked_input"))
+    r.start()
+    colluder_keys = {}
+    for c in colluders:
+        secrets_ = r.clients[c]._secrets
+        assert secrets_ is not None
+        colluder_keys[c] = secrets_.mask_private
+    out = r.run()
+    assert out.result is not None, out.error
+    assert set(out.result.dropped) == set(dropped)
+    got = recover_from_transcript(r, colluder_keys, [v, v2])
+    assert not leaked(got, true_block_sum(setup.config, inputs, [v, v2])), (
+        f"honest-but-curious server + colluders {colluders} learned x{v} + x{v2} exactly"
+    )
+
+
+# ================================================================================================
+# The proof sketch, checked exhaustively where it is small enough
+# ================================================================================================
+
+
+def _ring_masks(n: int, h: int) -> list[int]:
+    return [sum(1 << ((p + d) % n) for d in range(-h, h + 1) if d) for p in range(n)]
+
+
+def _core(members: int, rows: list[int], need: int) -> int:
+    """The largest subset of ``members`` (bitmask) in which every vertex keeps ``need``
+    neighbours inside it (peel vertices with fewer until none is left to peel)."""
+    while True:
+        thin, rest = 0, members
+        while rest:
+            low = rest & -rest
+            rest ^= low
+            if (rows[low.bit_length() - 1] & members).bit_count() < need:
+                thin |= low
+        if not thin:
+            return members
+        members &= ~thin
+
+
+def _two_dense_groups(n: int, h: int, need: int) -> tuple[int, int] | None:
+    rows, full = _ring_masks(n, h), (1 << n) - 1
+    for a in range(1, full, 2):  # vertex 0 in the first group (the ring is vertex-transitive)
+        if _core(a, rows, need) == a and (b := _core(full & ~a, rows, need)):
+            return a, b
+    return None
+
+
+@pytest.mark.parametrize("h", [1, 2, 3, 4])
+def test_lemma_3_ring_has_no_two_disjoint_groups_of_degree_h_plus_1(h: int) -> None:
+    """docs/protocol.md Lemma 3, exhaustively on every vertex subset of C_n(1..h) for
+    3h + 1 <= n <= 14: no two disjoint groups each keep h + 1 neighbours inside. (It also holds
+    for 2h + 2 <= n < 3h + 1 in this range: the guard n >= 3h + 1 is needed by the proof, not
+    by the statement, as far as these sizes show.)"""
+    for n in range(3 * h + 1, 15):
+        assert _two_dense_groups(n, h, h + 1) is None, (n, h)
+
+
+def test_lemma_3_is_tight_at_degree_h() -> None:
+    """With degree h instead of h + 1 two groups exist (two opposite arcs): the bound the
+    colluder-cut-vertex break exploited (a colluder adds the missing neighbour to both)."""
+    found = _two_dense_groups(12, 2, 2)
+    assert found is not None
+    a, b = found
+    assert a & b == 0
+
+
+# ================================================================================================
+# Attacks refused at HEAD
+# ================================================================================================
+
+
+def _split_lists_sweep(
+    base: Lab, order: Sequence[int], v: int, p: int
+) -> tuple[list[str], set[str]]:
+    """The issue-8 split: list S (v and its partner p alive) for the holders of v's shares,
+    who would reveal b_v, and list T (p dropped) for the holders of p's shares, who would reveal
+    s_p; with both, the pad between v and p is known while v's list says p is alive (the step
+    the attack repeats for each partner of v). The honest signers are cut at every point of
+    ``order`` (S to the first ones, T to the rest): every choice of signature subsets the
+    server can make. Asserts the split never completes and x_v never comes out; returns the
+    refusal messages and which half ever succeeded on its own ("S": t shares of b_v under S,
+    "T": t shares of s_p under T). (b_v and s_p both under T are a normal dropout.)"""
+    messages = []
+    halves: set[str] = set()
+    n, t = base.config.num_parties, base.config.threshold
+    s_list = tuple(range(n))
+    t_list = tuple(u for u in range(n) if u != p)
+    for cut in range(1, len(order)):
+        lab = copy.deepcopy(base)
+        lab.show(order[:cut], s_list)
+        lab.show(order[cut:], t_list, (p,))
+        signed_s = set(lab.signatures.get((s_list, ()), {}))
+        signed_t = set(lab.signatures.get((t_list, (p,)), {}))
+        b_v_under_s = s_p_under_t = 0
+        for r in base.config.neighbors(v):
+            if r in signed_s:
+                reply = lab.ask(r, s_list)
+                b_v_under_s += isinstance(reply, Response) and v in reply.self_mask_owners
+        for r in base.config.neighbors(p):
+            if r in signed_t:
+                reply = lab.ask(r, t_list, (p,))
+                s_p_under_t += isinstance(reply, Response) and p in reply.mask_key_owners
+        assert not (b_v_under_s >= t and s_p_under_t >= t), f"cut {cut}: the split completed"
+        halves |= {"S"} if b_v_under_s >= t else set()
+        halves |= {"T"} if s_p_under_t >= t else set()
+        assert lab.block_sum([v]) is None, f"cut {cut}: x_v recovered"
+        for u, err in lab.errors.items():
+            assert isinstance(err, RemoteProtocolError), (u, err)
+            messages.append(str(err))
+    return messages, halves
+
+
+@pytest.mark.parametrize("kind", ["harary", "complete"])
+def test_split_survivor_lists_with_every_signer_cut_are_refused(kind: str) -> None:
+    """The issue-8 attack with every split of the honest signers between the two lists
+    (harary_graph(20, 6), t = 4; complete graph n = 9, t = 5). Whatever the cut, b_v and s_p are
+    never both rebuilt and x_v never comes out; the refusals are (C1) certification failures
+    at p (or v) and signers refusing the other list."""
+    if kind == "harary":
+        setup = build(20, 4, k=6)
+        order = setup.at(*range(-9, 11))  # ring order, v at position 0 and p at 1 in the middle
+    else:
+        setup = build(9, 5)
+        order = list(range(9))
+    v, p = setup.at(0, 1)
+    base = Lab(setup)
+    assert not base.errors
+    messages, halves = _split_lists_sweep(base, order, v, p)
+    assert halves == {"S", "T"}  # each half alone is reachable by some cut; never both at once
+    assert any("not certified" in m for m in messages), messages[:5]
+
+
+def test_split_lists_with_withheld_deliveries_part_wise_are_refused() -> None:
+    """The part-wise form of the issue-8 attack on harary_graph(20, 6), t = 4, min_holders = 2:
+    block 0 is held by v (position 0), its partner p (1) and position 3; the server withholds
+    the deliveries between v and the other block-0 holder so that p is v's only block-0
+    partner (D_b = 1 here, so under S v's block passes), and splits the signers at every cut.
+    Some cuts give t shares of b_v under S; none gives s_p under T as well: T is not
+    certified at p whenever S is, and under T the block-0 holders keep no partner on block 0
+    ((C2) refuses every holder of p's shares that also holds shares of v or of position 3)."""
+    setup = build(20, 4, k=6, block0=(0, 1, 3), min_holders=2)
+    v, p, w = setup.at(0, 1, 3)
+    base = Lab(setup, withheld=frozenset({(v, w), (w, v)}))
+    assert not base.errors
+    messages, halves = _split_lists_sweep(base, setup.at(*range(-9, 11)), v, p)
+    assert halves == {"S"}, halves
+    assert any("not certified" in m for m in messages), messages[:5]
+    assert any("blocks [0]" in m for m in messages), messages[:5]
+
+
+def _ring_lab(n: int = 20, k: int = 6, t: int = 4, drops: Sequence[int] = ()) -> tuple[Lab, Setup]:
+    """A Harary round where ``drops`` (ring positions) never receive shares (they dropped before
+    masking; their neighbours still masked with them), at the ConsistencyCheck."""
+    setup = build(n, t, k=k)
+    gone = set(setup.at(*drops))
+    withheld = frozenset((u, v) for v in gone for u in setup.config.neighbors(v))
+    lab = Lab(setup, withheld=withheld)
+    assert set(lab.errors) == gone  # a party with no delivery cannot mask
+    return lab, setup
+
+
+def test_lists_that_omit_or_add_parties_are_refused() -> None:
+    """harary_graph(20, 6), t = 4; position 2 dropped before masking. Party at position 0 signed
+    the true list; requests that omit its dropped partner, add a neighbour it never masked
+    with, or list it as dropped are refused; a list certified and matching is answered and
+    reveals nothing about parties it does not hold shares of."""
+    lab, setup = _ring_lab(drops=(2,))
+    (me, gone, other) = setup.at(0, 2, 7)
+    alive = without(setup, [gone])
+    signers = [u for u in alive if u != other]
+    true_list = (alive, (gone,))
+    lab.show(signers, *true_list)
+    # The party signed the true list; each forgery differs from it, so it is refused whatever
+    # the signatures (the list is compared before anything else).
+    forgeries = {
+        "dropped partner omitted": (alive, ()),
+        "never-masked neighbour added as dropped": (alive, tuple(sorted((gone, *setup.at(-5))))),
+        "the party itself dropped": (without(setup, [gone, me]), tuple(sorted((gone, me)))),
+        "a far party added to the dropped list": (
+            without(setup, [gone, *setup.at(10)]),
+            tuple(sorted((gone, *setup.at(10)))),
+        ),
+    }
+    for name, (survivors, dropped) in forgeries.items():
+        trial = copy.deepcopy(lab)
+        outcome = trial.ask(me, survivors, dropped)
+        assert_refused(outcome, trial.clients[me]), name
+    response = lab.ask(me, *true_list)
+    assert isinstance(response, Response), response
+    owners = set(response.self_mask_owners) | set(response.mask_key_owners)
+    assert owners == set(lab.masked[me].peers) and response.mask_key_owners == (gone,)
+
+
+def test_list_certified_at_peers_but_not_two_hops_away_is_refused() -> None:
+    """(C1) covers the partners of the revealer's surviving peers (up to 2h ring positions
+    away). Signatures chosen so the list is certified at every peer of the revealer (position
+    0) but not at position 6 (a partner of its peer at 3): refused, naming that party. The
+    same request with the missing signers added is answered."""
+    lab, setup = _ring_lab()
+    alive = everyone(setup)
+    lab.show(alive, alive)
+    me = setup.at(0)[0]
+    # Drop signers so that 6 keeps t - 1 = 3 signing neighbours: N(6) = 3..9 minus 6.
+    unsigned = set(setup.at(7, 8, 9))
+    sigs = lab.signatures[(alive, ())]
+    chosen = signatures_for(setup.config, me, {u: s for u, s in sigs.items() if u not in unsigned})
+    trial = copy.deepcopy(lab)
+    outcome = trial.ask(me, alive, signatures=chosen)
+    assert_refused(outcome, trial.clients[me], match="not certified")
+    assert str(setup.at(6)[0]) in str(outcome)
+    assert isinstance(lab.ask(me, alive), Response)
+
+
+def test_dropped_party_without_signing_neighbours_is_refused() -> None:
+    """A dropped peer whose neighbours did not sign: the list is not certified at it, so its
+    mask key is not revealed (the server cannot make a party 'dropped' where nobody agrees)."""
+    lab, setup = _ring_lab(drops=(1,))
+    (gone,) = setup.at(1)
+    alive = without(setup, [gone])
+    lst = (alive, (gone,))
+    quiet = set(setup.at(-2, -1, 2, 3))  # neighbours of the dropped party that do not sign
+    lab.show([u for u in alive if u not in quiet], *lst)
+    me = setup.at(0)[0]
+    outcome = lab.ask(me, *lst)
+    assert_refused(outcome, lab.clients[me], match="not certified")
+    assert str(gone) in str(outcome)
+
+
+def test_forged_stale_missing_and_duplicated_partner_sets_are_refused() -> None:
+    """The revealer needs the signed partner set of every surviving peer: a missing one, one
+    whose peers were edited (signature no longer matches), one from the previous round (same
+    long-term keys, valid signature over round 0's digest), a colluder's set naming a
+    non-neighbour, and (object path, no codec) a duplicate entry for one owner whose last copy
+    is forged: all refused."""
+    pairs = [keys.generate_ed25519() for _ in range(20)]
+    session = os.urandom(16)
+    seed = os.urandom(32)
+    old = build(20, 4, k=6, pairs=pairs, session_id=session, graph_seed=seed, round_index=0)
+    old_lab = Lab(old)
+    setup = build(20, 4, k=6, pairs=pairs, session_id=session, graph_seed=seed, round_index=1)
+    (colluder,) = setup.at(1)
+    lab = Lab(setup, colluders=frozenset({colluder}))
+    alive = everyone(setup)
+    lab.show(alive, alive)
+    me = setup.at(0)[0]
+    peer = setup.at(-1)[0]
+    genuine = [s for w in setup.config.neighbors(me) if (s := lab.partner_set(w)) is not None]
+    index = next(i for i, s in enumerate(genuine) if s.party == peer)
+    edited = dataclasses.replace(genuine[index], peers=genuine[index].peers[1:])
+    stale = old_lab.partner_set(peer)
+    assert stale is not None
+    outsider = setup.at(10)[0]
+    rogue = lab.partner_set(colluder, tuple(sorted({*setup.config.neighbors(colluder), outsider})))
+    assert rogue is not None
+    cases = {
+        "missing": genuine[:index] + genuine[index + 1 :],
+        "edited": [*genuine[:index], edited, *genuine[index + 1 :]],
+        "stale (previous round)": [*genuine[:index], stale, *genuine[index + 1 :]],
+        "colluder names a non-neighbour": [rogue if s.party == colluder else s for s in genuine],
+    }
+    for name, shown in cases.items():
+        trial = copy.deepcopy(lab)
+        outcome = trial.ask(me, alive, partner_sets=shown)
+        assert_refused(outcome, trial.clients[me], match="partner"), name
+    # Object path: a host handing the engine Message objects skips the codec's sortedness.
+    trial = copy.deepcopy(lab)
+    request = wire.decode(trial.request(me, alive))
+    doubled = forge(request, partner_sets=(*request.partner_sets, edited))
+    with pytest.raises(RemoteProtocolError, match="partner"):
+        trial.clients[me].receive(doubled)
+    assert_wiped(trial.clients[me])
+
+
+def test_reordered_and_duplicated_ids_are_refused() -> None:
+    """On the wire the codec refuses unsorted or repeated ids; a host passing Message objects
+    skips the codec, and then the engine still refuses: a reordered survivor list is not the
+    list the party signed, and a signer repeated to reach t counts once."""
+    lab, setup = _ring_lab()
+    alive = everyone(setup)
+    lab.show(alive, alive)
+    me = setup.at(0)[0]
+    request = wire.decode(lab.request(me, alive))
+    assert isinstance(request, wire.UnmaskRequest)
+    reordered = forge(request, survivors=tuple(reversed(alive)))
+    with pytest.raises(wire.MessageDecodeError):
+        wire.decode(wire.encode(reordered))
+    trial = copy.deepcopy(lab)
+    with pytest.raises(RemoteProtocolError, match="differs"):
+        trial.clients[me].receive(reordered)
+    # Repeat one valid signature t times in place of the real signers.
+    one = request.signatures[0]
+    repeated = forge(request, signatures=(one,) * setup.config.threshold)
+    with pytest.raises(wire.MessageDecodeError):
+        wire.decode(wire.encode(repeated))
+    trial = copy.deepcopy(lab)
+    with pytest.raises(RemoteProtocolError, match="not certified"):
+        trial.clients[me].receive(repeated)
+    assert_wiped(trial.clients[me])
+
+
+def test_replays_across_rounds_and_sessions_are_refused() -> None:
+    """Same long-term signing keys and graph, two sessions (rounds 0 and 1 of one session, and
+    another session): a message of the other round, survivor signatures over the same list from
+    the other round or session, and share ciphertexts of the other round are all refused."""
+    pairs = [keys.generate_ed25519() for _ in range(20)]
+    session, seed = os.urandom(16), os.urandom(32)
+    labs = {
+        name: Lab(build(20, 4, k=6, pairs=pairs, session_id=sid, graph_seed=seed, round_index=r))
+        for name, (sid, r) in {
+            "round0": (session, 0),
+            "round1": (session, 1),
+            "other": (os.urandom(16), 1),
+        }.items()
+    }
+    for lab in labs.values():
+        alive = everyone(lab.setup)
+        lab.show(alive, alive)
+    target = labs["round1"]
+    alive = everyone(target.setup)
+    me = target.setup.at(0)[0]
+    for name in ("round0", "other"):
+        source = labs[name]
+        foreign = signatures_for(source.config, me, source.signatures[(alive, ())])
+        trial = copy.deepcopy(target)
+        outcome = trial.ask(me, alive, signatures=foreign)
+        assert_refused(outcome, trial.clients[me], match="invalid survivor-list signature")
+        # The whole request of the other round, re-addressed to this party.
+        trial = copy.deepcopy(target)
+        with pytest.raises(RemoteProtocolError, match="another session or round"):
+            trial.clients[me].receive(source.request(me, alive))
+
+
+def test_share_ciphertexts_of_another_round_are_refused() -> None:
+    """Round 1's party receives round 0's sealed shares from the same neighbours (same
+    long-term keys): the AEAD keys and associated data bind the config digest, so the
+    delivery fails authentication."""
+    pairs = [keys.generate_ed25519() for _ in range(10)]
+    session, seed = os.urandom(16), os.urandom(32)
+    cfgs = [
+        build(10, 3, k=4, pairs=pairs, session_id=session, graph_seed=seed, round_index=r)
+        for r in (0, 1)
+    ]
+    sealed = []
+    clients = []
+    for setup in cfgs:
+        cfg = setup.config
+        cs = {u: ClientEngine(cfg, u, signing_key=setup.signing[u]) for u in range(10)}
+        adverts = {u: c.start()[0] for u, c in cs.items()}
+        out = {}
+        for u, c in cs.items():
+            entries = tuple(adverts[v].keys for v in cfg.neighbors(u))  # type: ignore[attr-defined]
+            directory = wire.KeyDirectory(
+                cfg.session_id, cfg.round_index, SERVER, u, entries=entries
+            )
+            (out[u],) = c.receive(directory)
+        sealed.append(out)
+        clients.append(cs)
+    cfg1 = cfgs[1].config
+    me = 0
+    senders = cfg1.neighbors(me)
+    cts = tuple(sealed[0][u].ciphertexts[sealed[0][u].receivers.index(me)] for u in senders)
+    delivery = wire.ShareDelivery(
+        cfg1.session_id, cfg1.round_index, SERVER, me, senders=senders, ciphertexts=cts
+    )
+    with pytest.raises(RemoteProtocolError):
+        clients[1][me].receive(wire.encode(delivery))
+    assert clients[1][me].state is ClientState.FAILED
