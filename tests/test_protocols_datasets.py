@@ -71,6 +71,27 @@ def test_adult_preprocessing(adult: TabularData) -> None:
     assert gain.max() < 5
 
 
+def test_adult_public_preprocessing_uses_only_published_metadata() -> None:
+    """Each record's features depend on that record alone (inside a record-level DP guarantee):
+    encoding a subset of the rows gives the same features for those rows; the record count is
+    the documented one, not the data's."""
+    public = datasets.load_adult(preprocessing="public")
+    assert public.preprocessing == "public"
+    assert public.public_records == round(datasets.ADULT_DOCUMENTED_ROWS * 0.8)
+    assert np.all(np.abs(public.x_train) <= 1.0) and np.isfinite(public.x_train).all()
+    assert "occupation=<missing>" in public.feature_names
+    assert len(public.feature_names) == 5 + sum(
+        len(v) + 1 for v in datasets.ADULT_CATEGORIES.values()
+    )
+    frame = datasets._read_csv(datasets.adult_path()).drop(columns=["Unnamed: 0", "income"])
+    full, names = datasets._encode_public_adult(frame)
+    some, same_names = datasets._encode_public_adult(frame.iloc[::97].reset_index(drop=True))
+    assert names == same_names
+    np.testing.assert_array_equal(full[::97], some)
+    with pytest.raises(datasets.DatasetError, match="preprocessing"):
+        datasets.load_adult(preprocessing="guess")
+
+
 def test_adult_split_depends_on_seed(adult: TabularData) -> None:
     again = load_adult(seed=0)
     assert np.array_equal(again.x_train, adult.x_train)
