@@ -43,7 +43,7 @@ from helpers import Router, decoded
 
 from secagg import encoding, graph
 from secagg import messages as wire
-from secagg.config import RoundConfig
+from secagg.config import ClientPolicy, RoundConfig
 from secagg.crypto import keys, prg, shamir
 from secagg.engine import ClientEngine
 from secagg.engine._state import ClientState
@@ -54,6 +54,7 @@ from secagg.engine.share_keys import MASK_KEY_BYTES, self_mask_commitment
 from secagg.errors import (
     AbortedError,
     ConfigError,
+    PolicyError,
     ProtocolError,
     RemoteProtocolError,
 )
@@ -1135,3 +1136,133 @@ def test_share_ciphertexts_of_another_round_are_refused() -> None:
     with pytest.raises(RemoteProtocolError):
         clients[1][me].receive(wire.encode(delivery))
     assert clients[1][me].state is ClientState.FAILED
+
+
+def _mixed_config_directory_round(
+    config_a: RoundConfig, config_b: RoundConfig, signing: list[bytes], victim: int
+) -> tuple[ProtocolError | None, dict[int, ProtocolError]]:
+    """The server hands ``victim`` config B and everyone else config A, then routes the key
+    directories honestly. Returns the victim's refusal and its neighbours' refusals."""
+    n = config_a.num_parties
+    configs = {u: config_b if u == victim else config_a for u in range(n)}
+    clients = {u: ClientEngine(configs[u], u, signing_key=signing[u]) for u in range(n)}
+    adverts = {u: c.start()[0] for u, c in clients.items()}
+    errors: dict[int, ProtocolError] = {}
+    victim_error: ProtocolError | None = None
+    for u in range(n):
+        cfg = configs[u]
+        entries = tuple(adverts[v].keys for v in cfg.neighbors(u))  # type: ignore[attr-defined]
+        directory = wire.KeyDirectory(cfg.session_id, cfg.round_index, SERVER, u, entries=entries)
+        try:
+            clients[u].receive(wire.encode(directory))
+        except ProtocolError as exc:
+            if u == victim:
+                victim_error = exc
+            else:
+                errors[u] = exc
+    return victim_error, errors
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"tolerated_colluders": 0},
+        {"active": False, "verify_keys": None},
+        {"threshold": 7},
+        {"layout": "thin"},
+        {"round_index": 1},
+    ],
+    ids=["fewer-colluders", "semi-honest", "threshold", "layout", "round"],
+)
+def test_party_handed_another_config_is_refused_both_ways(change: dict[str, Any]) -> None:
+    """Config digest mismatch: the server gives party 0 a different RoundConfig (fewer
+    tolerated colluders, semi-honest, another threshold, another layout with a thinner block,
+    another round). Its key directory (signed by the others over config A's digest) fails
+    verification at party 0, and every neighbour refuses party 0's advertisement, so the
+    server cannot run party 0 under weaker rules next to the others."""
+    setup = build(9, 6, c=2, block0=(0, 1, 2, 3), min_holders=4)
+    fields = dict(change)
+    if fields.get("layout") == "thin":
+        holdings = tuple((0, 1) if u in (0, 1, 2) else (1,) for u in range(9))
+        fields["layout"] = BlockLayout((BLOCK, BLOCK), holdings, min_holders=2)
+    config_b = dataclasses.replace(setup.config, **fields)
+    assert config_b.digest != setup.config.digest
+    victim_error, errors = _mixed_config_directory_round(setup.config, config_b, setup.signing, 0)
+    if config_b.active:
+        assert isinstance(victim_error, RemoteProtocolError), victim_error
+    assert set(errors) == set(setup.config.neighbors(0))
+    assert all(isinstance(e, RemoteProtocolError) for e in errors.values())
+
+
+def test_client_policy_refuses_a_consistently_downgraded_region() -> None:
+    """If the server hands a whole neighbourhood the same weaker config (so they interoperate
+    among themselves), only the parties' own ClientPolicy protects them: each downgrade is
+    refused with a PolicyError naming the setting, before any key is drawn."""
+    setup = build(9, 6, c=2, block0=(0, 1, 2, 3), min_holders=4)
+    policy = ClientPolicy(
+        min_threshold=6, min_holders=4, require_active=True, min_tolerated_colluders=2
+    )
+    ClientEngine(setup.config, 0, signing_key=setup.signing[0], policy=policy)  # accepted
+    thin = BlockLayout(
+        (BLOCK, BLOCK), tuple((0, 1) if u < 4 else (1,) for u in range(9)), min_holders=2
+    )
+    downgrades = {
+        "tolerated_colluders": {"tolerated_colluders": 0},
+        "active": {"active": False, "verify_keys": None},
+        "threshold": {"threshold": 5, "tolerated_colluders": 0},
+        "min_holders": {"layout": thin},
+    }
+    for name, fields in downgrades.items():
+        weaker = dataclasses.replace(setup.config, **fields)
+        with pytest.raises(PolicyError, match=name.split("_")[-1]):
+            ClientEngine(weaker, 0, signing_key=setup.signing[0], policy=policy)
+
+
+def test_limit_one_colluder_beyond_tolerated_splits_a_block() -> None:
+    """Where the claim stops: harary_graph(7, 4), t = 3 with tolerated_colluders = 0 (accepted:
+    t >= h + 1). One actual colluder (position 0), block 0 at positions {5, 6} (A), 0, {1, 2}
+    (B), deliveries 6 <-> 1 withheld: D_b = 2 counts the colluder, and both pairs' sums come
+    out. The guarantee is exactly 'up to tolerated_colluders'; this documents that one more
+    breaks it (the configuration needs t >= h + 1 + c for c colluders)."""
+    setup = build(7, 3, k=4, c=0, block0=(0, 1, 2, 5, 6), min_holders=3)
+    (c0,) = setup.at(0)
+    a, b = setup.at(5, 6), setup.at(1, 2)
+    lab, leak_a, leak_b = _cut_vertex_lying_server(setup, [c0], a, b, setup.at(2, 3, 4, 5))
+    assert leak_a and leak_b, lab.errors
+    assert not lab.errors
+
+
+def _unchecked_harary(n: int, k: int) -> graph.NeighborGraph:
+    g = graph.harary_graph(n, k, os.urandom(32))
+    return graph.NeighborGraph(n=g.n, kind=g.kind, neighbors=g.neighbors)  # ring order dropped
+
+
+@pytest.mark.parametrize(
+    ("graph_factory", "t", "c", "match"),
+    [
+        (lambda: graph.harary_graph(9, 6, os.urandom(32)), 5, 0, "3k/2"),  # n < 3h + 1
+        (lambda: _unchecked_harary(20, 6), 4, 0, "ring order"),
+        (lambda: graph.harary_graph(20, 6, os.urandom(32)), 3, 0, "2 t >"),
+        (lambda: graph.harary_graph(20, 6, os.urandom(32)), 4, 1, "colluders"),
+        (lambda: graph.harary_graph(20, 8, os.urandom(32)), 6, 2, "colluders"),
+        (lambda: graph.complete_graph(9), 5, 2, "2 t >"),
+    ],
+    ids=["n<3h+1", "no-ring", "2t<=k", "t<h+1+c", "t<h+1+c(k=8)", "complete-2t<=k+c"],
+)
+def test_active_configs_outside_the_argument_are_refused(
+    graph_factory: Any, t: int, c: int, match: str
+) -> None:
+    g = graph_factory()
+    pairs = [keys.generate_ed25519() for _ in range(g.n)]
+    with pytest.raises(ConfigError, match=match):
+        RoundConfig(
+            session_id=os.urandom(16),
+            round_index=0,
+            graph=g,
+            threshold=t,
+            dim=8,
+            modulus_bits=BITS,
+            active=True,
+            verify_keys=tuple(p[1] for p in pairs),
+            tolerated_colluders=c,
+        )
