@@ -32,8 +32,11 @@ and v's input is recovered, so the audit fails.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,8 +49,10 @@ from secagg import encoding, graph
 from secagg import messages as wire
 from secagg.config import RoundConfig
 from secagg.crypto import keys, prg, rng, shamir
+from secagg.engine import consistency
 from secagg.engine._state import ServerState
 from secagg.engine.client import ClientEngine
+from secagg.engine.consistency import legacy_rule_for_audit
 from secagg.engine.masked_input import mask_context
 from secagg.engine.masking import pairwise_seed, self_mask_stream_seed
 from secagg.engine.server import ServerEngine
@@ -62,6 +67,10 @@ T_HONEST = 6  # complete graph, k = 11: t > k/2
 TOLERATED = T_HONEST - 1  # C, the corrupted parties the deployment is meant to withstand
 BITS = 32
 VICTIM = 5
+WEAKENINGS = (None, "low-threshold", "legacy-rule")
+#: The full strategy search stops starting solver calls after this many seconds (the rest are
+#: reported as "not run"); the quick one has no budget (it takes seconds).
+FULL_SEARCH_BUDGET_S = 3600.0
 
 # -- driver --------------------------------------------------------------------------------------
 
@@ -444,9 +453,7 @@ def _lying_active(seed: int) -> dict[str, Any]:
                 c = copy.deepcopy(clients[u])
                 try:
                     out = c.receive(
-                        _unmask_request(
-                            config, u, lst, drp, sig_list, _partner_sets(r, u, lst)
-                        )
+                        _unmask_request(config, u, lst, drp, sig_list, _partner_sets(r, u, lst))
                     )
                 except RemoteProtocolError:
                     refused += 1
@@ -575,6 +582,164 @@ def _partwise(seed: int, active: bool = False) -> dict[str, Any]:
     return out
 
 
+# -- (e) systematic search of the server's strategies ---------------------------------------------
+
+
+@contextlib.contextmanager
+def _restore_rule() -> Iterator[None]:
+    """Leave the legacy hook for the duration of the search (it enters it where it needs)."""
+    previous = consistency._legacy_rule
+    consistency._legacy_rule = False
+    try:
+        yield
+    finally:
+        consistency._legacy_rule = previous
+
+
+def _replay_row(strategy: Any, legacy: bool) -> dict[str, Any]:
+    from audits import attack_replay
+
+    world = attack_replay.build_world(strategy, allow_refused_graph=True)
+    if legacy:
+        with legacy_rule_for_audit():
+            result = attack_replay.replay(strategy, world)
+    else:
+        result = attack_replay.replay(strategy, world)
+    refusals = sorted(set(result.refused.values()))
+    return {
+        "rule": "old" if legacy else "new",
+        "recovered": result.recovered,
+        "answered": len(result.answered),
+        "refused": len(result.refused),
+        "first_refusal": refusals[0][:160] if refusals else None,
+        "config_refused": result.refused_config,
+    }
+
+
+def _strategy_search(quick: bool, legacy: bool) -> dict[str, Any]:
+    """Issue 8 item 5: the exact search of :mod:`audits.strategy_search`, every strategy found
+    replayed against the real engines (old-rule strategies under both rules)."""
+    from audits import strategy_search as ss
+
+    rule = "old" if legacy else "new"
+    tasks = ss.quick_tasks(rule) if quick else ss.full_tasks(rule)
+    begin = time.perf_counter()
+    outcomes = ss.run_tasks(tasks, None if quick else FULL_SEARCH_BUDGET_S)
+    sanity = ss.solve(ss.Instance("harary", 8, 4, 3, 0, 2, 2, rule), (ss.ANY,), 60_000).status
+    rows, found = [], []
+    for o in outcomes:
+        row: dict[str, Any] = {
+            "instance": o.instance.label,
+            "goals": list(o.goals),
+            "status": o.status,
+            "seconds": round(o.seconds, 2),
+        }
+        if o.found is not None:
+            strat = o.found
+            row["strategy"] = strat.to_json()
+            row["goal"] = strat.goal
+            row["sets"] = [list(x) for x in strat.sets]
+            row["colluders"] = list(strat.colluders)
+            row["replays"] = [_replay_row(strat, legacy)]
+            if legacy:  # the same strategy under the rule in force
+                row["replays"].append(_replay_row(strat, False))
+            found.append(row)
+        rows.append(row)
+    counts = Counter(o.status for o in outcomes)
+    instances = {o.instance for o in outcomes}
+    space = (
+        "the issue's instances (Petersen k=3 t=2 whole-vector; harary(10,4) t=3 whole-vector;"
+        " harary(20,6) t=4 mh=2; harary(24,8) t=5 mh=3; harary(12,4) t=3 mh=2 with one list and"
+        " mh=3 with one colluder), each goal separately"
+        if legacy
+        else (
+            "Harary rings C_n(1..k/2), k=2 n=7 and k=4 n=8, and K_5"
+            if quick
+            else "Harary rings C_n(1..k/2) for k in {2,4,6,8,10} and n in {3h+1, 4h+1, 30}"
+            " (n <= 30), complete graphs K_5, K_7, K_9"
+        )
+        + "; every t with 2t > k + c; c = min(2, 2t-k-1) colluders (at most); whole-vector and"
+        " part-wise with min_holders 2 and 3 (c <= min_holders - 2); "
+        + ("2 survivor lists" if quick else "3 survivor lists for n <= 10, else 2")
+        + "; goals isolate, thin, split"
+    )
+    findings = [
+        f"(e) strategy search, rule={rule} (z3 {ss._z3().get_version_string()}): {len(outcomes)}"
+        f" solver calls over {len(instances)} instances ({space}): {counts.get('unsat', 0)}"
+        f" proved impossible, {counts.get('sat', 0)} strategies found,"
+        f" {counts.get('unknown', 0)} hit the time limit, {counts.get('not run', 0)} not run"
+        f" (budget); {time.perf_counter() - begin:.0f} s. Sanity: an honest round is"
+        f" {'admitted' if sanity == 'sat' else 'NOT admitted (model vacuous!)'} by the model",
+    ]
+    for row in found:
+        replays = "; ".join(
+            f"replayed on the real engines under the {r['rule']} rule: value recovered"
+            f" {r['recovered']} ({r['answered']} answered, {r['refused']} refused"
+            + (", config refused by RoundConfig: built as before" if r["config_refused"] else "")
+            + ")"
+            for r in row["replays"]
+        )
+        findings.append(
+            f"(e) FOUND {row['goal']} on {row['instance']}: sets {row['sets']}, colluders"
+            f" {row['colluders']}; {replays}"
+        )
+    return {
+        "rule": rule,
+        "space": space,
+        "tasks": rows,
+        "found": found,
+        "counts": dict(counts),
+        "sanity": sanity,
+        "seconds": time.perf_counter() - begin,
+        "findings": findings,
+    }
+
+
+def _search_markdown(search: dict[str, Any]) -> list[str]:
+    from audits import strategy_search as ss
+
+    doc = (ss.__doc__ or "").strip()
+    lines = [
+        f"## Systematic strategy search (rule: {search['rule']})",
+        "",
+        f"Space: {search['space']}. Counts: {search['counts']}; {search['seconds']:.0f} s.",
+        "",
+        "### What is modelled (from `audits/strategy_search.py`)",
+        "",
+        doc,
+        "",
+        "### Strategies found",
+        "",
+    ]
+    if not search["found"]:
+        lines.append("None: every instance that ran was proved impossible (UNSAT).")
+    for row in search["found"]:
+        lines += [
+            f"- **{row['goal']}** on `{row['instance']}`: learned sums over {row['sets']},"
+            f" colluders {row['colluders']}, lists (U3 size, D'): "
+            + ", ".join(
+                f"({len(u)}, {list(d)})"
+                for u, d in zip(
+                    row["strategy"]["survivors"], row["strategy"]["dropped"], strict=True
+                )
+            ),
+        ]
+        for r in row["replays"]:
+            lines.append(
+                f"  - replay, {r['rule']} rule: recovered **{r['recovered']}**,"
+                f" {r['answered']} answered, {r['refused']} refused"
+                + (f" (e.g. `{r['first_refusal']}`)" if r["first_refusal"] else "")
+            )
+    lines += ["", "### Every solver call", "", "| instance | goals | status | seconds |"]
+    lines.append("|---|---|---|---|")
+    for row in search["tasks"]:
+        lines.append(
+            f"| {row['instance']} | {', '.join(row['goals'])} | {row['status']} |"
+            f" {row['seconds']} |"
+        )
+    return lines
+
+
 # -- figure and entry point ----------------------------------------------------------------------
 
 
@@ -601,12 +766,30 @@ def _figure(points: list[dict[str, Any]], t: int, weaken: str | None) -> Any:
 
 
 def run(quick: bool = False, out: Path | None = None, weaken: str | None = None) -> dict[str, Any]:
-    """Run the audit; see the module docstring. ``weaken``: None or ``"low-threshold"``."""
-    if weaken not in (None, "low-threshold"):
-        raise ValueError(f"unknown weakening {weaken!r} for {NAME} (use 'low-threshold')")
+    """Run the audit; see the module docstring. ``weaken``: None, ``"low-threshold"`` or
+    ``"legacy-rule"`` (the engines apply the pre-issue-8 unmasking rule, and the strategy
+    search models it)."""
+    if weaken not in WEAKENINGS:
+        raise ValueError(f"unknown weakening {weaken!r} for {NAME} (use one of {WEAKENINGS[1:]})")
     start = time.perf_counter()
-    t = TOLERATED if weaken else T_HONEST
+    legacy = weaken == "legacy-rule"
+    rule_context = legacy_rule_for_audit if legacy else contextlib.nullcontext
+    t = TOLERATED if weaken == "low-threshold" else T_HONEST
     dim = 4096 if quick else 65536
+    with rule_context():
+        return _run(quick, out, weaken, legacy, rule_context, start, t, dim)
+
+
+def _run(
+    quick: bool,
+    out: Path | None,
+    weaken: str | None,
+    legacy: bool,
+    rule_context: Any,
+    start: float,
+    t: int,
+    dim: int,
+) -> dict[str, Any]:
     curve = _colluder_curve(t, seed=7, dim=dim)
     points = curve["points"]
     at_c = points[TOLERATED]
@@ -624,6 +807,13 @@ def run(quick: bool = False, out: Path | None = None, weaken: str | None = None)
     active = _lying_active(seed=8)
     partwise = _partwise(seed=9)
     partwise_active = _partwise(seed=10, active=True)
+    # (e) runs outside the legacy hook: it applies it itself to the replays that need it.
+    search = None
+    if weaken != "low-threshold":
+        with contextlib.ExitStack() as stack:
+            if legacy:
+                stack.enter_context(_restore_rule())
+            search = _strategy_search(quick, legacy)
     ok_consistent_lie = (
         semi["consistent_lie"]["b_v_shares"] == 0
         and semi["consistent_lie"]["exact_fraction"] < 0.01
@@ -647,6 +837,9 @@ def run(quick: bool = False, out: Path | None = None, weaken: str | None = None)
         "partwise_thin_block_refused": ok_partwise_server,
         "partwise_thin_block_not_revealed_by_non_holders": ok_partwise_nonholders,
     }
+    if search is not None:
+        checks["strategy_search_finds_nothing"] = not search["found"]
+        checks["strategy_search_model_admits_honest_round"] = search["sanity"] == "sat"
     passed = all(checks.values())
     worst = max(below, key=lambda p: p["exact_fraction"]) if below else None
     findings = [
@@ -696,6 +889,10 @@ def run(quick: bool = False, out: Path | None = None, weaken: str | None = None)
             else ""
         ),
     ]
+    if search is not None:
+        findings += search["findings"]
+    else:
+        findings.append("(e) strategy search: not run for this weakening (it does not model t)")
     seconds = time.perf_counter() - start
     cmd = f"secagg audit {NAME}" + (" --quick" if quick else "")
     cmd += f" --weaken {weaken}" if weaken else ""
@@ -715,6 +912,7 @@ def run(quick: bool = False, out: Path | None = None, weaken: str | None = None)
         "lying_server_active": active,
         "partwise": partwise,
         "partwise_active": partwise_active,
+        "strategy_search": search,
     }
     if out is not None:
         summary["command"] = cmd + f" --out {out}"
@@ -778,6 +976,8 @@ def run(quick: bool = False, out: Path | None = None, weaken: str | None = None)
                 str(partwise),
                 str(partwise_active),
                 "```",
+                "",
+                *(_search_markdown(search) if search is not None else []),
             ]
         )
         from audits.report import write_report

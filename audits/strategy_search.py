@@ -60,10 +60,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 GOALS = ("isolate", "thin", "split")
+#: Not an attack: any free set containing the victim (the legitimate sum). Asked as a sanity
+#: check that the encoded checks still let an honest round through (a model that refused
+#: everything would prove every attack impossible, vacuously).
+ANY = "any"
 RULES = ("new", "old")
 VICTIM = 0
 
@@ -115,9 +119,6 @@ class Instance:
     #: layout the engines can run: a party holding nothing has no input). Off for the proofs:
     #: the one-block space is the larger one (see the module docstring).
     background: bool = False
-    #: a proposed strengthening of the new rule, to evaluate fixes: each owner must keep
-    #: D_b + margin partners on the block (margin = c: D_b honest ones whoever colludes).
-    margin: int = 0
 
     @property
     def neighbors(self) -> tuple[tuple[int, ...], ...]:
@@ -131,7 +132,7 @@ class Instance:
 
     @property
     def degree_cap(self) -> int | None:
-        """h + 1 on a Harary ring with n >= 3h + 1 (the spec's D_b), else None."""
+        """h + 1 on a Harary ring with n >= 3h + 1 (D_b's cap is h + 1 + c), else None."""
         h = self.k // 2
         if self.graph == "harary" and self.n >= 3 * h + 1:
             return h + 1
@@ -197,7 +198,9 @@ class _Model:
         self.N = N
         B, And, Or, Not, Implies = z3.Bool, z3.And, z3.Or, z3.Not, z3.Implies
         AtLeast, AtMost = z3.AtLeast, z3.AtMost
-        s = z3.Solver()
+        # QF_FD: z3's finite-domain (SAT + cardinality) engine, several times faster than the
+        # default solver on these pure Boolean / pseudo-Boolean problems.
+        s = z3.SolverFor("QF_FD")
         self.solver = s
         partwise = inst.min_holders is not None
         mh = inst.min_holders or 2
@@ -251,13 +254,16 @@ class _Model:
             return And(*conds)
 
         def block_ok(o: int, j: int, holds: list[Any], alive: list[Any]) -> Any:
+            """Per block of owner o: |A_b| >= min_holders and deg_b(o) >= min_holders - 1; the
+            new rule adds deg_b(o) >= min(floor((|H_b| + c) / 2), h + 1 + c), H_b being ALL
+            holders of the block (secagg.engine.unmask.connectivity_degree)."""
             deg = [And(partner(o, j, x), holds[x], U[j][x]) for x in N[o]]
             block = [AtLeast(*alive, mh), AtLeast(*deg, mh - 1)]
             if not old:
-                extra = inst.margin  # deg_b(o) - margin >= min(floor(|A_b| / 2), h + 1)
-                half = z3.PbGe([(d, 2) for d in deg] + [(a, -1) for a in alive], 2 * extra - 1)
+                c = inst.colluders
+                half = z3.PbGe([(d, 2) for d in deg] + [(x, -1) for x in holds], c - 1)
                 if cap is not None:
-                    half = Or(half, AtLeast(*deg, cap + extra))
+                    half = Or(half, AtLeast(*deg, cap + c))
                 block.append(half)
             return And(*block)
 
@@ -318,6 +324,8 @@ class _Model:
             options.append(AtMost(*S1, 1))
         if "thin" in goals and partwise:
             options.append(z3.PbLe([(x, 1) for x in S1] + [(c, 1) for c in col[1:]], mh - 1))
+        if ANY in goals:
+            options.append(z3.BoolVal(True))
         if "split" in goals:
             S2 = free_set("T")
             options.append(And(AtLeast(*S2, 1), *[Not(And(S1[u], S2[u])) for u in range(n)]))
@@ -354,7 +362,7 @@ class _Model:
                 sets.append(second)
                 goal = "split"
         if not goal:
-            goal = "isolate" if len(sets[0]) == 1 else "thin"
+            goal = ANY if self.goals == (ANY,) else "isolate" if len(sets[0]) == 1 else "thin"
         return Strategy(
             instance=inst,
             goal=goal,
@@ -381,7 +389,7 @@ class Outcome:
     goals: tuple[str, ...]
     found: Strategy | None
     seconds: float
-    status: str  # "sat", "unsat" or "unknown"
+    status: str  # "sat", "unsat", "unknown" (time limit) or "not run" (budget spent)
 
 
 def solve(inst: Instance, goals: Sequence[str] = GOALS, timeout_ms: int = 0) -> Outcome:
@@ -413,6 +421,8 @@ def instances_for(
     out = []
     for t in thresholds(k, 0):
         c_guard = min(2, 2 * t - k - 1)
+        if graph == "harary":  # RoundConfig: t >= h + 1 + c on a Harary ring
+            c_guard = min(c_guard, t - k // 2 - 1)
         if c_guard < 0:
             continue
         out.append(Instance(graph, n, k, t, c_guard, None, lists, rule))
@@ -422,30 +432,62 @@ def instances_for(
     return out
 
 
-def quick_space(rule: str) -> list[Instance]:
-    """The fast space (seconds): the issue's graphs and a few small rings and complete graphs."""
-    lists = 2
+@dataclass(frozen=True)
+class Task:
+    """One solver call: an instance, the goals asked for, and a time limit."""
+
+    instance: Instance
+    goals: tuple[str, ...]
+    timeout_s: float
+
+
+def _ring_sizes(k: int) -> list[int]:
+    """Ring sizes searched for degree k: n = 3h+1 (the smallest RoundConfig accepts in active
+    mode), 4h+1 (two disjoint closed windows fit on the ring) and 30 (the largest asked for)."""
+    h = k // 2
+    return sorted({n for n in (3 * h + 1, 4 * h + 1, 30) if k + 2 <= n <= 30})
+
+
+def quick_tasks(rule: str) -> list[Task]:
+    """Seconds: small rings and a complete graph (new rule), or the issue's attacks (old)."""
     if rule == "old":
-        return list(ISSUE_INSTANCES)
-    out: list[Instance] = []
-    for n, k in ((7, 2), (8, 4), (12, 4), (13, 4), (10, 6), (20, 6)):
-        out += instances_for("harary", n, k, rule, lists, mh_values=(2, 3))
-    out += instances_for("complete", 6, 5, rule, lists, mh_values=(2, 3))
+        return [
+            Task(ISSUE_INSTANCES[0], ("isolate",), 30),
+            Task(ISSUE_INSTANCES[1], ("isolate",), 30),
+            Task(ISSUE_INSTANCES[2], ("isolate",), 60),
+            Task(ISSUE_INSTANCES[4], ("split",), 30),
+        ]
+    out = []
+    for n, k in ((7, 2), (8, 4)):
+        for inst in instances_for("harary", n, k, rule, 2, mh_values=(2, 3)):
+            out.append(Task(inst, GOALS, 20))
+    for inst in instances_for("complete", 5, 4, rule, 2, mh_values=(2, 3)):
+        out.append(Task(inst, GOALS, 20))
     return out
 
 
-def full_space(rule: str, lists: int = 3) -> list[Instance]:
-    """Every Harary ring with k <= 10 and n <= 30 (n > k + 1), every complete graph with
-    n <= 9, each with every allowed t, c <= 2 and min_holders in {2, 3, 4}."""
+def full_tasks(rule: str) -> list[Task]:
+    """The full space: k in {2, 4, 6, 8, 10} on the ring sizes of :func:`_ring_sizes`, complete
+    graphs n in {5, 7, 9}; every allowed t, c <= 2, whole-vector and min_holders in {2, 3};
+    two lists (three for n <= 10). 'isolate' and 'thin' first for every instance (up to 120 s
+    each), then 'split' (the hard query, up to 45 s each)."""
     if rule == "old":
-        return list(ISSUE_INSTANCES)
-    out: list[Instance] = []
-    for k in (2, 4, 6, 8, 10):
-        for n in range(max(k + 2, 3 * (k // 2) + 1), 31):  # RoundConfig refuses n < 3h + 1
-            out += instances_for("harary", n, k, rule, lists)
-    for n in range(3, 10):
-        out += instances_for("complete", n, n - 1, rule, lists)
-    return out
+        return [
+            Task(inst, (goal,), 120)
+            for inst in ISSUE_INSTANCES
+            for goal in GOALS
+            if goal != "thin" or inst.min_holders is not None
+        ]
+    graphs = [("harary", n, k) for k in (2, 4, 6, 8, 10) for n in _ring_sizes(k)]
+    graphs += [("complete", n, n - 1) for n in (5, 7, 9)]
+    insts = [
+        inst
+        for kind, n, k in graphs
+        for inst in instances_for(kind, n, k, rule, 3 if n <= 10 else 2, mh_values=(2, 3))
+    ]
+    return [Task(i, ("isolate", "thin"), 120) for i in insts] + [
+        Task(i, ("split",), 45) for i in insts
+    ]
 
 
 #: Under the old rule the search must find the issue's attacks (and the per-component leak).
@@ -459,40 +501,14 @@ ISSUE_INSTANCES = (
 )
 
 
-@dataclass
-class SearchResult:
-    rule: str
-    outcomes: list[Outcome] = field(default_factory=list)
-
-    @property
-    def found(self) -> list[Strategy]:
-        return [o.found for o in self.outcomes if o.found is not None]
-
-    @property
-    def unknown(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.status == "unknown"]
-
-    @property
-    def seconds(self) -> float:
-        return sum(o.seconds for o in self.outcomes)
-
-
-def search(
-    space: Sequence[Instance],
-    goals_per_instance: Sequence[Sequence[str]] | None = None,
-    timeout_ms: int = 0,
-) -> SearchResult:
-    """Solve every instance (old-rule instances: each goal separately, so each attack kind the
-    old rule allows is exhibited)."""
-    rule = space[0].rule if space else "new"
-    result = SearchResult(rule)
-    for i, inst in enumerate(space):
-        if goals_per_instance is not None:
-            goal_sets: list[Sequence[str]] = [goals_per_instance[i]]
-        elif inst.rule == "old":
-            goal_sets = [(g,) for g in GOALS if g != "thin" or inst.min_holders is not None]
-        else:
-            goal_sets = [GOALS]
-        for goals in goal_sets:
-            result.outcomes.append(solve(inst, goals, timeout_ms))
-    return result
+def run_tasks(tasks: Sequence[Task], budget_s: float | None = None) -> list[Outcome]:
+    """Solve the tasks in order; once ``budget_s`` seconds are spent, the rest are reported
+    with status "not run"."""
+    out: list[Outcome] = []
+    start = time.perf_counter()
+    for task in tasks:
+        if budget_s is not None and time.perf_counter() - start > budget_s:
+            out.append(Outcome(task.instance, task.goals, None, 0.0, "not run"))
+            continue
+        out.append(solve(task.instance, task.goals, int(task.timeout_s * 1000)))
+    return out

@@ -280,19 +280,14 @@ def test_component_sums_leak_under_the_old_rule_and_are_refused_now() -> None:
 # -- found by the strategy search: a colluder as the cut vertex of a block ---------------------
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open (found by audits/strategy_search.py against the issue-8 rule): D_b counts a"
-    " colluding partner, whose pairwise masks the server knows; a colluder that is the only"
-    " link between two groups of a block's holders lets the server separate their sums."
-    " Requiring D_b + c partners closes it in the model (margin=c)",
-)
-def test_colluder_cut_vertex_cannot_split_a_block() -> None:
-    """harary_graph(12, 4), t=3, one tolerated colluder (ring position 2), min_holders 3,
-    block 0 held by positions 0..4; the server withholds the deliveries 1 <-> 3, so the honest
-    holders {0, 1} and {3, 4} are linked only through the colluder. Every holder keeps
-    2 >= D_b = 2 block partners (counting the colluder), one true list signed by everyone:
-    each group's sum comes out separately."""
+def test_colluder_cut_vertex_split_block() -> None:
+    """Found by audits/strategy_search.py against the first issue-8 rule (D_b from the alive
+    holders, colluders not counted): harary_graph(12, 4), t=3, one tolerated colluder (ring
+    position 2), min_holders 3, block 0 held by positions 0..4; the server withholds the
+    deliveries 1 <-> 3, so the honest holders {0, 1} and {3, 4} are linked only through the
+    colluder, whose pairwise masks the server knows. Every holder keeps 2 block partners, one
+    true list signed by everyone: each group's sum comes out separately. The engine now refuses
+    the configuration (t >= h + 1 + c on a Harary ring) and asks D_b >= h + 1 + c partners."""
     inst = Instance("harary", 12, 4, 3, 1, 3, 1, "new")
     rows = inst.neighbors
     strategy = _strategy(
@@ -310,8 +305,15 @@ def test_colluder_cut_vertex_cannot_split_a_block() -> None:
         3: tuple(a for a in rows[3] if a != 1),
     }
     strategy.colluder_partners = {0: {2: rows[2]}}
+    with pytest.raises(ConfigError, match="colluders"):
+        build_world(strategy)
+    world = build_world(strategy, allow_refused_graph=True)
     with legacy_rule_for_audit():
-        old = replay(strategy)
+        old = replay(strategy, world)
     assert old.recovered, (old.targets, old.refused)
-    new = replay(strategy)
-    assert not new.recovered, new.targets
+    assert [row["exact"] for row in old.targets] == [True, True]
+    # Even on the configuration built as before, the new owner check refuses every reveal of a
+    # holder's seed (2 block partners < D_b = min(floor((5 + 1) / 2), h + 1 + c) = 3).
+    new = replay(strategy, build_world(strategy, allow_refused_graph=True))
+    assert not new.recovered
+    assert all("RemoteProtocolError" in why for why in new.refused.values())
