@@ -70,7 +70,7 @@ VICTIM = 5
 WEAKENINGS = (None, "low-threshold", "legacy-rule")
 #: The full strategy search stops starting solver calls after this many seconds (the rest are
 #: reported as "not run"); the quick one has no budget (it takes seconds).
-FULL_SEARCH_BUDGET_S = 3600.0
+FULL_SEARCH_BUDGET_S = 2700.0
 
 # -- driver --------------------------------------------------------------------------------------
 
