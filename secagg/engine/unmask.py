@@ -15,11 +15,11 @@ import numpy.typing as npt
 
 from secagg import encoding
 from secagg.config import RoundConfig
-from secagg.crypto import keys, shamir
+from secagg.crypto import shamir
 from secagg.crypto.prg import SEED_BYTES
 from secagg.engine import consistency
 from secagg.engine.masked_input import mask_context
-from secagg.engine.masking import DroppedPartyMasks, self_mask_stream_seed, total_mask_parallel
+from secagg.engine.masking import DroppedPartyMasks, total_mask_parallel
 from secagg.engine.share_keys import (
     KEY_SHARE_BYTES,
     MASK_KEY_BYTES,
@@ -401,13 +401,14 @@ class Unmasker:
         alive = self._kind == 1
         dropped_masks = []
         for v, sk in keys_.items():
-            if keys.x25519_public(sk) != self.mask_public[v]:
-                raise RemoteProtocolError(f"shares of party {v}'s mask key are inconsistent")
             live = tuple((w, self.mask_public[w]) for w in self.peers[v] if alive[w])
-            if live:
-                dropped_masks.append(DroppedPartyMasks(v, sk, live))
-        self_seeds = [(u, self_mask_stream_seed(ctx, seeds[u], u)) for u in self.survivors]
-        mask = total_mask_parallel(ctx, self_seeds, dropped_masks, executor, workers)
+            # The workers check each key against its advertised public key before using it.
+            dropped_masks.append(DroppedPartyMasks(v, sk, live, self.mask_public[v]))
+        # The workers also derive the self-mask stream seeds (one HKDF per survivor).
+        self_seeds = [(u, seeds[u]) for u in self.survivors]
+        mask = total_mask_parallel(
+            ctx, self_seeds, dropped_masks, executor, workers, raw_self_seeds=True
+        )
         result = np.subtract(masked_total, mask)
         return encoding.reduce(result, self.config.modulus_bits)
 
