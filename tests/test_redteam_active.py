@@ -2,28 +2,34 @@
 REAL engines, on sparse Harary rings and complete graphs, whole-vector and part-wise.
 
 Spec under attack: /work/briefs/active_rules.md (per-neighbourhood certification (C1), per-owner
-protection (C2) with the connectivity degree D_b, the config guard 2t > k + c, n >= 3h + 1).
+protection (C2) with the connectivity degree D_b, the config guard 2t > k + c, n >= 3h + 1) and
+docs/protocol.md ("Active security on sparse graphs").
 
-Every attack that the engines refuse is a plain test: the honest party raises a typed
-``RemoteProtocolError`` (or the configuration a ``ConfigError``), returns nothing and is left
-FAILED with its secrets wiped. Every attack that works is an ``xfail(strict=True,
-raises=AssertionError)`` test: its body asserts the property the spec promises, the assertion
-fails because the leak is real, and a fix turns it into an XPASS that strict mode reports.
+Attacks the engines refuse are plain tests: the honest party raises a typed
+``RemoteProtocolError`` (or the configuration a ``ConfigError``/``PolicyError``), returns nothing
+and is left FAILED with its secrets wiped. Attacks that work are ``xfail(strict=True,
+raises=AssertionError)``: the body asserts the promised property, the assertion fails because
+the leak is real, and a fix turns it into an XPASS that strict mode reports.
 
-The breaks found (details in each test's docstring):
+Breaks of be1d2ba (each leaked there on the real engines; refused since e2d1af2, which derives
+D_b from the layout's holders and the tolerated colluders, and needs t >= h + 1 + c on rings):
 
-* SPLIT-BY-TWO-LISTS (no colluder): D_b is computed from the |A_b| of the list being checked.
-  On a sparse ring two far-apart regions can each sign and certify their own list that simply
-  omits the other region's holders of a block, so each list sees a small block whose holders
-  form one group: the server unmasks each group's sum separately. Smallest: harary_graph(20, 2),
-  t=2, c=0, min_holders=2.
-* COLLUDER-AS-CUT-VERTEX: D_b (both the |A_b|/2 rule and the ring's h + 1 rule) counts
-  colluding partners, but a colluder hands the server its mask key, so it separates the block's
-  honest holders into groups whose sums come out one by one. Honest server, honest routing:
-  harary_graph(10, 6), t=4, c=1, min_holders=3. With one withheld delivery pair: harary_graph(7,
-  4), t=3, c=1; complete graph n=9, t=5, c=1.
-* With min_holders <= c (accepted by RoundConfig in active mode) the same pattern isolates ONE
-  honest party's block in a block of 7 surviving holders: harary_graph(8, 4), t=4, c=3.
+* two certified lists in distant regions of a ring, each omitting the other region's holders
+  of a block, deflated |A_b| and so D_b: both groups' sums came out, no colluder needed
+  (smallest: harary_graph(20, 2), t=2, c=0, min_holders=2);
+* a colluder as the cut vertex of a block (D_b counted colluding partners): with an honest
+  server and honest routing on harary_graph(10, 6), t=4, c=1, min_holders=3; with one withheld
+  delivery pair on harary_graph(7, 4), t=3, c=1; on the complete graph n=9, t=5, c=1;
+* three colluders isolating one honest holder's block in a 7-holder block (min_holders = c+1):
+  harary_graph(8, 4), t=4, c=3.
+
+Open at e2d1af2 (xfail strict):
+
+* semi-honest mode (honest-but-curious server + up to t-1 colluders, the default threat model):
+  a colluder is still a cut vertex for disconnected_blocks and the min_holders - 1 rule, and
+  on whole-vector rings colluders plus dropouts give the server a pair sum x_v + x_v';
+* active part-wise configs with min_holders < tolerated_colluders + 2 are accepted: a block held
+  by one honest party and c colluders reveals it.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from secagg import encoding, graph
 from secagg import messages as wire
 from secagg.config import ClientPolicy, RoundConfig
 from secagg.crypto import keys, prg, shamir
-from secagg.engine import ClientEngine
+from secagg.engine import ClientEngine, persist
 from secagg.engine._state import ClientState
 from secagg.engine.consistency import list_payload, partners_payload, signatures_for
 from secagg.engine.masked_input import mask_context
@@ -57,6 +63,7 @@ from secagg.errors import (
     PolicyError,
     ProtocolError,
     RemoteProtocolError,
+    StateError,
 )
 from secagg.layout import BlockLayout
 from secagg.messages import SERVER
@@ -1266,3 +1273,44 @@ def test_active_configs_outside_the_argument_are_refused(
             verify_keys=tuple(p[1] for p in pairs),
             tolerated_colluders=c,
         )
+
+
+def test_rolled_back_state_cannot_sign_a_second_list() -> None:
+    """Lemma 1 assumes an honest party signs one list per round. A server that stores the
+    parties' engine states could restore a party from before it signed and have it sign a
+    second list. With sealed states and a RollbackGuard the stale blob (and a second opening
+    of the newest one) is refused; without the guard the restored engine signs again, which is
+    why docs/persistence.md asks for a guard the server cannot roll back."""
+    lab, setup = _ring_lab()
+    cfg = setup.config
+    me = setup.at(0)[0]
+    state_key = os.urandom(32)
+    guard = persist.RollbackGuard()
+    before = lab.clients[me].to_bytes(key=state_key, counter=guard.next_counter())
+    host = ClientEngine(cfg, me, signing_key=setup.signing[me])
+    host.load_bytes(before, key=state_key, min_counter=guard)
+    survivors = everyone(setup)
+    listing = wire.SurvivorList(cfg.session_id, cfg.round_index, SERVER, me, survivors=survivors)
+    (first,) = host.receive(wire.encode(listing))
+    assert isinstance(first, wire.SurvivorSignature)
+    after = host.to_bytes(key=state_key, counter=guard.next_counter())
+
+    def reopen(blob: bytes) -> ClientEngine:
+        engine = ClientEngine(cfg, me, signing_key=setup.signing[me])
+        engine.load_bytes(blob, key=state_key, min_counter=guard)
+        return engine
+
+    with pytest.raises(StateError):
+        reopen(before)  # rolled back to before the signature
+    assert reopen(after).state is ClientState.AWAIT_UNMASK  # the newest state, once
+    with pytest.raises(StateError):
+        reopen(after)  # a second copy of it
+    # Without the guard: the hazard the guard exists for.
+    unguarded = ClientEngine(cfg, me, signing_key=setup.signing[me])
+    unguarded.load_bytes(before, key=state_key, min_counter=0)
+    other = without(setup, setup.at(1))
+    second_listing = wire.SurvivorList(
+        cfg.session_id, cfg.round_index, SERVER, me, survivors=other, dropped=tuple(setup.at(1))
+    )
+    (second,) = unguarded.receive(wire.encode(second_listing))
+    assert isinstance(second, wire.SurvivorSignature) and second.signature != first.signature
