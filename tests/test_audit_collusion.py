@@ -1,5 +1,7 @@
 """The collusion audit: t-1 colluders learn nothing about an honest survivor, t learn it all,
-a lying server gets nothing in active mode; a too-low threshold makes the audit fail."""
+a lying server gets nothing in active mode; the exact search of the server's strategies finds
+nothing against the issue-8 rule and finds the issue's attacks against the old one (each replayed
+on the real engines); a too-low threshold or the old rule makes the audit fail."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("matplotlib")
+pytest.importorskip("z3")
 
 from audits import collusion
 
@@ -24,6 +27,8 @@ HOLDING = (
     "active_refuses_split_view",
     "partwise_thin_block_refused",
     "partwise_thin_block_not_revealed_by_non_holders",
+    "strategy_search_finds_nothing",
+    "strategy_search_model_admits_honest_round",
 )
 
 
@@ -75,3 +80,39 @@ def test_collusion_fails_with_low_threshold(tmp_path: Path) -> None:
     assert at_c["key_recovered"] and at_c["exact_fraction"] == 1.0
     assert (tmp_path / "collusion.png").exists()
     assert "FAILED" in (tmp_path / "report.md").read_text()
+
+
+def test_collusion_quick_search_space(quick: tuple[dict, Path]) -> None:
+    """The quick search ran every task to a proof (no time-outs), found nothing, and the report
+    lists every solver call."""
+    summary, out = quick
+    search = summary["strategy_search"]
+    assert search["rule"] == "new"
+    assert search["counts"] == {"unsat": len(search["tasks"])}, search["counts"]
+    assert search["found"] == [] and search["sanity"] == "sat"
+    report = (out / "report.md").read_text()
+    assert "Systematic strategy search" in report
+    assert report.count("| unsat |") == len(search["tasks"])
+
+
+def test_collusion_legacy_rule_finds_and_replays_the_issue_attacks(tmp_path: Path) -> None:
+    """--weaken legacy-rule: the search finds the issue's attacks (Petersen whole-vector split
+    lists, harary(20,6) part-wise isolation, harary(12,4) per-component sums); each replays on
+    the real engines inside legacy_rule_for_audit() and recovers the value exactly, and the same
+    strategy is refused under the rule in force. The audit fails."""
+    summary = collusion.run(quick=True, out=tmp_path, weaken="legacy-rule")
+    assert summary["passed"] is False
+    assert summary["checks"]["strategy_search_finds_nothing"] is False
+    for name in HOLDING[:-2]:  # the complete-graph sections are unaffected by the old rule
+        assert summary["checks"][name] is True, name
+    search = summary["strategy_search"]
+    assert search["rule"] == "old"
+    found = {row["instance"].split(" rule")[0]: row for row in search["found"]}
+    assert {row["goal"] for row in search["found"]} == {"isolate", "split"}
+    assert any(k.startswith("petersen") for k in found)
+    assert any(k.startswith("harary(n=20,k=6)") for k in found)
+    for row in search["found"]:
+        old, new = row["replays"]
+        assert old["rule"] == "old" and old["recovered"] is True, row
+        assert new["rule"] == "new" and new["recovered"] is False and new["answered"] == 0, row
+    assert "FOUND" in (tmp_path / "report.md").read_text()
