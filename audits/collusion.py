@@ -25,9 +25,21 @@ taken: their X25519 mask keys s_u and the Shamir shares they hold of v's secrets
     malicious server would, the audit asks the parties that do NOT hold the block: if they
     answer, the server reconstructs the thin block's sum over too few holders.
 
+(e) Systematic search (issue 8, item 5): :mod:`audits.strategy_search` encodes every check an
+    honest party makes in active mode (routing with withheld deliveries, several signed survivor
+    lists, certification, signed partner sets, block layouts, up to 2 colluders) for an exact
+    solver, and asks on small sparse graphs whether ANY server strategy isolates an honest
+    party's value on a block, reveals a sum below min_holders, or splits a block into two sums.
+    Every strategy found is replayed on the real engines (:mod:`audits.attack_replay`). The
+    quick space takes seconds; the full one runs up to ``FULL_SEARCH_BUDGET_S`` and reports
+    what it did not reach. A sanity query checks that the model still admits an honest round.
+
 ``weaken="low-threshold"``: the round's threshold is set to C, the number of colluders the
 deployment is meant to tolerate (C = t - 1 of the honest configuration): the colluders reach t
 and v's input is recovered, so the audit fails.
+``weaken="legacy-rule"``: the engines run inside ``legacy_rule_for_audit()`` (the rule before
+issue 8) and the search models that rule: it finds the issue's attacks, each replayed on the
+real engines (value recovered) and again under the rule in force (refused), so the audit fails.
 """
 
 from __future__ import annotations
