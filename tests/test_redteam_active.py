@@ -26,8 +26,10 @@ D_b from the layout's holders and the tolerated colluders, and needs t >= h + 1 
 Open at e2d1af2 (xfail strict):
 
 * semi-honest mode (honest-but-curious server + up to t-1 colluders, the default threat model):
-  a colluder is still a cut vertex for disconnected_blocks and the min_holders - 1 rule, and
-  on whole-vector rings colluders plus dropouts give the server a pair sum x_v + x_v';
+  a colluder is still a cut vertex for disconnected_blocks and the min_holders - 1 rule (two
+  groups' sums of one block; with the default min_holders = 2 one colluder isolates a holder
+  of a 7-holder block), and on whole-vector rings colluders plus dropouts give the server a
+  pair sum x_v + x_v';
 * active part-wise configs with min_holders < tolerated_colluders + 2 are accepted: a block held
   by one honest party and c colluders reveals it.
 """
@@ -723,6 +725,32 @@ def test_semi_honest_colluder_cut_vertex_splits_a_block() -> None:
     assert not any(leaks), (
         f"honest-but-curious server + colluder {c0} computed x{a[0]} + x{a[1]} and"
         f" x{b[0]} + x{b[1]} on block 0 separately: {leaks}"
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="BREAK (semi-honest, default min_holders = 2, one colluder <= t-1): a holder whose"
+    " only partner on a block is the colluder has its value revealed although the block has"
+    " 7 surviving holders and is connected (through the colluder)",
+)
+def test_semi_honest_one_colluder_isolates_a_holder_of_a_large_block() -> None:
+    """harary_graph(10, 4), t = 3, semi-honest, min_holders = 2 (the default), honest server and
+    routing, nobody drops. Block 0 held by ring positions 0 (victim), 1 (colluder) and 3..7;
+    the victim's other neighbours (-2, -1, 2) hold block 1 only. The block's 7 holders are
+    connected (through the colluder) and every holder keeps min_holders - 1 = 1 block partner,
+    so the round finishes; the victim's only pad on block 0 is with the colluder, and the
+    server gets its block value. (layout.py asks for min_holders >= c + 2 to protect one honest
+    party among c colluders, but docs/protocol.md's semi-honest row promises it for c <= t-1
+    with no such condition, and nothing checks it.)"""
+    setup = build(10, 3, k=4, block0=(0, 1, 3, 4, 5, 6, 7), min_holders=2, active=False)
+    (v, colluder) = setup.at(0, 1)
+    r, colluder_keys, inputs = honest_round(setup, [colluder])
+    assert r.server.result is not None, r.error
+    got = recover_from_transcript(r, colluder_keys, [v])
+    assert not leaked(got, true_block_sum(setup.config, inputs, [v])), (
+        f"honest-but-curious server + colluder {colluder} learned party {v}'s block 0 exactly"
     )
 
 
