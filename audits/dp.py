@@ -754,7 +754,7 @@ def run(quick: bool = False, out: Path | None = None, weaken: str | None = None)
     if weaken:
         findings.append(f"weakened on purpose: {weaken} (still claiming the calibrated epsilon)")
     command = "secagg audit dp" + (" --quick" if quick else "")
-    command += f" --out {out if out is not None else 'docs/audits/dp'}"
+    command += f" --out {out}" if out is not None else " --json"
     if weaken:
         command += f" --weaken {weaken}"
     public = []
