@@ -286,8 +286,8 @@ INVALID: dict[str, Callable[[], object]] = {
     "masked_bits_65": lambda: MaskedInput(
         **HEAD, sender=0, recipient=SERVER, modulus_bits=65, count=8, payload=bytes(65)
     ),
-    "masked_count_0": lambda: MaskedInput(
-        **HEAD, sender=0, recipient=SERVER, modulus_bits=16, count=0, payload=b""
+    "masked_count_negative": lambda: MaskedInput(
+        **HEAD, sender=0, recipient=SERVER, modulus_bits=16, count=-1, payload=b""
     ),
     "survivors_unsorted": lambda: _survivors((0, 2, 1)),
     "survivors_duplicate": lambda: _survivors((0, 1, 1)),
