@@ -137,6 +137,8 @@ class KeyCollector:
     def __init__(self, config: RoundConfig) -> None:
         self.config = config
         self.entries: dict[int, KeyEntry] = {}
+        #: After :meth:`directories`: each present party's neighbours in U1 (what it was told).
+        self.present_neighbors: dict[int, tuple[int, ...]] = {}
 
     def add(self, message: AdvertiseKeys) -> None:
         if message.sender in self.entries:
@@ -165,13 +167,15 @@ class KeyCollector:
         everyone = len(self.entries) == n
         cfg = self.config
         out = {}
+        self.present_neighbors = {}
         for party in sorted(self.entries):
             row = [table[v] for v in cfg.neighbors(party)]
-            entries = (
-                cast("tuple[KeyEntry, ...]", tuple(row))
-                if everyone
-                else tuple(e for e in row if e is not None)
-            )
+            if everyone:
+                entries = cast("tuple[KeyEntry, ...]", tuple(row))
+                self.present_neighbors[party] = cfg.neighbors(party)
+            else:
+                entries = tuple(e for e in row if e is not None)
+                self.present_neighbors[party] = tuple(e.party for e in entries)
             out[party] = KeyDirectory(
                 cfg.session_id, cfg.round_index, SERVER, party, entries=entries
             )

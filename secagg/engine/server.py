@@ -207,9 +207,7 @@ class ServerEngine(GuardedEngine):
             present = self._keys.entries
             self._need(len(present), t + 1, "parties advertised keys")
             directories = self._keys.directories()
-            self._router = ShareRouter(
-                cfg, {u: tuple(e.party for e in d.entries) for u, d in directories.items()}
-            )
+            self._router = ShareRouter(cfg, self._keys.present_neighbors)
             self.state = ServerState.COLLECT_SHARES
             return list(directories.values())
         if self.state is ServerState.COLLECT_SHARES:
