@@ -18,6 +18,9 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import numpy as np
+import numpy.typing as npt
+
 from secagg import encoding
 from secagg import messages as wire
 from secagg.config import RoundConfig
@@ -70,6 +73,7 @@ class RoundReport:
         error: why the round halted, or None if it completed.
         neighbors / threshold / modulus_bits: the engine parameters used.
         stage_seconds: wall time of each stage (Grid round trip included).
+        total: the engine's output, the survivors' sum in Z_(2^B) (what the server learns).
     """
 
     round: int = 0
@@ -82,6 +86,7 @@ class RoundReport:
     threshold: int = 0
     modulus_bits: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    total: npt.NDArray[np.unsignedinteger] | None = field(default=None, repr=False)
 
 
 class EngineRound:
@@ -159,6 +164,7 @@ class EngineRound:
                 },
             )
         result = self.engine.result
+        self.report.total = result.total
         self.report.survivors = tuple(self.node_ids[p] for p in result.survivors)
         alive = set(self.report.survivors)
         self.report.dropped = tuple(nid for nid in self.node_ids if nid not in alive)
@@ -168,6 +174,7 @@ class EngineRound:
         """One Grid round trip: send each node its record, feed the valid replies to the engine,
         close the phase with whoever answered."""
         start = time.perf_counter()
+        log.info("secagg stage %s (round %s): %d nodes", stage, self.group_id, len(fields))
         messages = []
         for nid, record in fields.items():
             # The masked-vector stage carries the strategy's FitIns: the nodes train on it.

@@ -5,6 +5,8 @@ there, and only the masked-vector stage reaches :func:`train`, which receives th
 random part of the global model, trains on the node's rows and replies with its change on the
 part (the mod encodes and masks it; the plaintext change never leaves the node). The node's
 local model copy persists in ``context.state`` between rounds.
+
+The ClientApp mods include secagg's: setup, share_keys and unmask never reach ``train``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from ppflower import task
 from secagg.flower import secaggplus_mod
 from secagg.flower.partwise import UPDATE_RECORD
 
@@ -29,6 +30,10 @@ def _partition_of(context: Context) -> tuple[int, int]:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    # Imported here: in deployment every message starts a fresh ClientApp process, and only
+    # this stage (the masked-vector one) needs torch and the data; the others are secagg only.
+    from ppflower import task
+
     cfg = dict(msg.content.config_records["ppflower.train"])
     seed = int(cfg["seed"])
     pid, parts = _partition_of(context)
