@@ -660,9 +660,15 @@ def _strategy_search(quick: bool, legacy: bool) -> dict[str, Any]:
     counts = Counter(o.status for o in outcomes)
     instances = {o.instance for o in outcomes}
     space = (
-        "the issue's instances (Petersen k=3 t=2 whole-vector; harary(10,4) t=3 whole-vector;"
-        " harary(20,6) t=4 mh=2; harary(24,8) t=5 mh=3; harary(12,4) t=3 mh=2 with one list and"
-        " mh=3 with one colluder), each goal separately"
+        (
+            "the issue's instances: Petersen k=3 t=2 whole-vector and harary(10,4) t=3"
+            " whole-vector (isolate), harary(20,6) t=4 mh=2 (isolate), harary(12,4) t=3 mh=2"
+            " with one list (split)"
+            if quick
+            else "the issue's instances (Petersen k=3 t=2 whole-vector; harary(10,4) t=3"
+            " whole-vector; harary(20,6) t=4 mh=2; harary(24,8) t=5 mh=3; harary(12,4) t=3"
+            " mh=2 with one list and mh=3 with one colluder), each goal separately"
+        )
         if legacy
         else (
             "Harary rings C_n(1..k/2), k=2 n=7 and k=4 n=8, and K_5"
