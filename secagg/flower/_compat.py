@@ -9,6 +9,7 @@ own version as soon as it exists. Nothing else in :mod:`secagg.flower` touches t
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -48,8 +49,12 @@ def config_to_bytes(config: RoundConfig) -> bytes:
     )
 
 
+@functools.lru_cache(maxsize=16)
 def config_from_bytes(data: bytes) -> RoundConfig:
     """Inverse of :func:`config_to_bytes`; the result is validated by ``RoundConfig`` itself.
+
+    Cached: a node rebuilds its engine from the same configuration at every stage, and
+    validating a sparse graph costs O(n k log k); ``RoundConfig`` is frozen, so sharing is safe.
 
     Raises:
         ConfigError: the bytes do not describe a valid configuration.
