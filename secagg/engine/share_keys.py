@@ -194,7 +194,8 @@ class ShareRouter:
             count=sum(counts),
         )
         senders = np.repeat(np.asarray(u2, dtype=np.int64), counts)
-        ciphertexts = list(itertools.chain.from_iterable(self.sealed[u] for u in u2))
+        ciphertexts = np.empty(len(receivers), dtype=object)  # references, no copies
+        ciphertexts[:] = list(itertools.chain.from_iterable(self.sealed[u] for u in u2))
         in_u2 = np.zeros(cfg.num_parties, dtype=bool)
         in_u2[u2] = True
         kept = np.flatnonzero(in_u2[receivers])
@@ -203,7 +204,7 @@ class ShareRouter:
         targets = np.asarray(u2, dtype=np.int64)
         starts = np.searchsorted(by_receiver, targets, side="left").tolist()
         ends = np.searchsorted(by_receiver, targets, side="right").tolist()
-        routed = [ciphertexts[i] for i in order.tolist()]
+        routed = ciphertexts[order]
         from_ = senders[order].tolist()
         return {
             v: ShareDelivery(
