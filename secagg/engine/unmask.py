@@ -7,6 +7,7 @@ party that revealed both b_v and s_v for the same v would hand the server y_v un
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import ItemsView, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 
@@ -254,7 +255,7 @@ class RevealedShares(Mapping[int, dict[int, bytes]]):
         self.owners = tuple(owners)
         self.share_bytes = share_bytes
         self._holders: list[int] = []
-        self._owner_ids: list[npt.NDArray[np.int64]] = []
+        self._owner_ids: list[Sequence[int]] = []
         self._blobs: list[bytes] = []
 
     def append(self, holder: int, owners: Sequence[int], shares: Sequence[bytes]) -> None:
@@ -262,7 +263,7 @@ class RevealedShares(Mapping[int, dict[int, bytes]]):
         if not owners:
             return
         self._holders.append(holder)
-        self._owner_ids.append(np.asarray(owners, dtype=np.int64))
+        self._owner_ids.append(owners)
         self._blobs.append(b"".join(shares))
 
     def arrays(
@@ -273,8 +274,10 @@ class RevealedShares(Mapping[int, dict[int, bytes]]):
         if not self._owner_ids:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty, np.zeros((0, limbs), dtype=np.uint32)
-        owners = np.concatenate(self._owner_ids)
         counts = [len(o) for o in self._owner_ids]
+        owners = np.fromiter(
+            itertools.chain.from_iterable(self._owner_ids), dtype=np.int64, count=sum(counts)
+        )
         holders = np.repeat(np.asarray(self._holders, dtype=np.int64), counts)
         shares = np.frombuffer(b"".join(self._blobs), dtype=">u4").reshape(-1, limbs)
         return owners, holders, shares
@@ -283,7 +286,7 @@ class RevealedShares(Mapping[int, dict[int, bytes]]):
         out: dict[int, dict[int, bytes]] = {o: {} for o in self.owners}
         size = self.share_bytes
         for holder, owners, blob in zip(self._holders, self._owner_ids, self._blobs, strict=True):
-            for i, owner in enumerate(owners.tolist()):
+            for i, owner in enumerate(owners):
                 out[owner][holder] = blob[i * size : (i + 1) * size]
         return out
 
@@ -342,9 +345,11 @@ class Unmasker:
         self.responders: set[int] = set()
         n = config.num_parties
         # 1 for a survivor, 2 for a dropped party: which kind of share of an owner may be shown.
-        self._kind = np.zeros(n, dtype=np.int8)
-        self._kind[np.asarray(self.survivors, dtype=np.int64)] = 1
-        self._kind[np.asarray(self.dropped, dtype=np.int64)] = 2
+        self._kind = [0] * n
+        for u in self.survivors:
+            self._kind[u] = 1
+        for v in self.dropped:
+            self._kind[v] = 2
         self.self_mask_shares = RevealedShares(self.survivors, SELF_SHARE_BYTES)
         self.mask_key_shares = RevealedShares(self.dropped, KEY_SHARE_BYTES)
 
@@ -364,9 +369,8 @@ class Unmasker:
                 continue
             # Only shares of the owners this party holds shares of (its partners in U2), and
             # of the right kind for each owner (b_v of survivors, s_v of dropped parties).
-            if not set(owners).issubset(mine) or not np.all(
-                self._kind[np.asarray(owners, dtype=np.int64)] == kind
-            ):
+            kinds = self._kind
+            if not set(owners).issubset(mine) or any(kinds[o] != kind for o in owners):
                 raise RemoteProtocolError(f"party {w} revealed a share it should not have")
             # A message's records all have one length (checked when it was built or decoded).
             if len(shares[0]) != store.share_bytes:
@@ -398,7 +402,7 @@ class Unmasker:
                 and self_mask_commitment(self.config, u, seeds[u]) != self.commitments[u]
             ):
                 raise RemoteProtocolError(f"shares of party {u}'s self-mask seed are inconsistent")
-        alive = self._kind == 1
+        alive = [k == 1 for k in self._kind]
         dropped_masks = []
         for v, sk in keys_.items():
             live = tuple((w, self.mask_public[w]) for w in self.peers[v] if alive[w])
