@@ -381,26 +381,40 @@ def _records_struct(count: int, size: int) -> struct.Struct:
     return struct.Struct(f"{size}s" * count)
 
 
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+
+
 class _Reader:
     def __init__(self, data: bytes | memoryview) -> None:
         self.data = memoryview(data)
+        self.end = len(self.data)
         self.pos = 0
 
     def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
+        if n < 0 or self.pos + n > self.end:
             raise MessageDecodeError("message is truncated")
         out = bytes(self.data[self.pos : self.pos + n])
         self.pos += n
         return out
 
+    def _number(self, kind: struct.Struct) -> int:
+        # Read in place (no intermediate bytes object per field).
+        if self.pos + kind.size > self.end:
+            raise MessageDecodeError("message is truncated")
+        value = int(kind.unpack_from(self.data, self.pos)[0])
+        self.pos += kind.size
+        return value
+
     def u8(self) -> int:
-        return int(self.take(1)[0])
+        return self._number(_U8)
 
     def u16(self) -> int:
-        return int(struct.unpack(">H", self.take(2))[0])
+        return self._number(_U16)
 
     def u32(self) -> int:
-        return int(struct.unpack(">I", self.take(4))[0])
+        return self._number(_U32)
 
     def count(self, item_bytes: int) -> int:
         n = self.u32()
@@ -413,8 +427,10 @@ class _Reader:
         return self.take(n)
 
     def ids(self) -> tuple[int, ...]:
-        n = self.count(4)
-        return tuple(struct.unpack(f">{n}I", self.take(4 * n)))
+        n = self.count(4)  # bounded by the bytes that remain
+        ids = struct.unpack_from(f">{n}I", self.data, self.pos)
+        self.pos += 4 * n
+        return ids
 
     def records(self) -> tuple[tuple[int, ...], tuple[bytes, ...]]:
         n = self.u32()
@@ -427,7 +443,8 @@ class _Reader:
             return (), ()
         if size == 0:
             raise MessageDecodeError("empty records")
-        ids = tuple(struct.unpack(f">{n}I", self.take(4 * n)))
+        ids = struct.unpack_from(f">{n}I", self.data, self.pos)  # n (4 + size) bytes remain
+        self.pos += 4 * n
         blob = self.take(n * size)
         if n <= 4096:  # split by one precompiled struct: ~6x faster than slicing in Python
             return ids, _records_struct(n, size).unpack(blob)
