@@ -336,7 +336,19 @@ def _version() -> str:
 
 
 def _plugins() -> list[metadata.EntryPoint]:
-    return sorted(metadata.entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name)
+    """Every ``secagg.commands`` entry point of every distribution on the path.
+
+    Not ``metadata.entry_points(group=...)``: it keeps only the first distribution of each name,
+    so a stale ``secagg.egg-info`` earlier on ``sys.path`` (a source checkout's build artifact,
+    found first when the checkout is the working directory) would hide the installed
+    metadata and with it ``train`` and ``audit``.
+    """
+    found: dict[str, metadata.EntryPoint] = {}
+    for dist in metadata.distributions():
+        for entry in dist.entry_points:
+            if entry.group == COMMAND_GROUP:
+                found.setdefault(entry.name, entry)
+    return [found[name] for name in sorted(found)]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -222,3 +222,18 @@ def test_console_script_end_to_end() -> None:
         [str(script), "train", "--epsilon", "1"], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1
+
+
+def test_stale_metadata_first_on_the_path_does_not_hide_subcommands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source checkout's leftover ``secagg.egg-info`` (no ``secagg.commands``) found before
+    the installed metadata once made ``train`` and ``audit`` vanish mid-suite."""
+    stale = tmp_path / "secagg.egg-info"
+    stale.mkdir()
+    (stale / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: secagg\nVersion: 0.0.1\n")
+    (stale / "entry_points.txt").write_text("[console_scripts]\nsecagg = secagg.cli:main\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"simulate", "train", "audit"} <= sub.choices.keys()
