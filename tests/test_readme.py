@@ -53,4 +53,7 @@ def test_example_runs(where: str, code: str, tmp_path: Path) -> None:
         text=True,
         timeout=300,
     )
-    assert done.returncode == 0, f"{where} failed:\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, (
+        f"{where} failed (an excerpt that cannot run alone is fenced ```python no-run):\n"
+        f"{done.stderr[-3000:]}"
+    )
