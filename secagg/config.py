@@ -46,8 +46,13 @@ class RoundConfig:
         layout: part-wise aggregation (see :mod:`secagg.layout`): which blocks of the
             ``dim``-long model vector each party holds. ``None``: every party holds the whole
             vector (plain secure aggregation).
-        tolerated_colluders: in active mode, how many parties may collude with a malicious
-            server; enforced as 2t > neighbours + tolerated_colluders.
+        tolerated_colluders: c, how many parties may collude with the server. Active mode needs
+            2t > neighbours + c (and t >= k/2 + 1 + c on a Harary ring); in either mode c > 0
+            turns on the degree checks of docs/protocol.md ("Active security on sparse
+            graphs"), which count a colluder's masks as known, and part-wise layouts need
+            min_holders >= c + 2. With c = 0 the guarantee against colluders on a sparse graph
+            is the probabilistic one of Bell et al. 2020 for the corruption rate the graph
+            parameters were chosen for.
 
     Every field is bound into the round's keys and signatures through :attr:`digest`: parties
     handed different configurations derive unrelated keys and reject each other's signatures,
@@ -94,8 +99,12 @@ class RoundConfig:
                 f"threshold must be in [2, {min_degree}] (the smallest neighbourhood), got"
                 f" {self.threshold}"
             )
-        if self.tolerated_colluders < 0:
-            raise ConfigError("tolerated_colluders must be non-negative")
+        if not 0 <= self.tolerated_colluders < self.threshold:
+            # c >= t colluders hold t shares of a neighbour's secrets between them.
+            raise ConfigError(
+                f"tolerated_colluders must be in [0, t-1] = [0, {self.threshold - 1}], got"
+                f" {self.tolerated_colluders}"
+            )
         if self.active and 2 * self.threshold <= self.graph.degree + self.tolerated_colluders:
             # A malicious server that tells some neighbours of v "v dropped" and others "v
             # survived" gets t shares of both of v's secrets unless 2t > |N(v)| + c, with c
@@ -105,15 +114,15 @@ class RoundConfig:
                 f"active mode needs 2 t > neighbours ({self.graph.degree}) + tolerated colluders"
                 f" ({self.tolerated_colluders}), got t={self.threshold}"
             )
-        if self.active:
-            _check_active_graph(self.graph)
+        if self.active or self.tolerated_colluders > 0:
+            _check_active_graph(self.graph, self.active)
             h = self.graph.ring_half_width
             if h is not None and self.threshold < h + 1 + self.tolerated_colluders:
                 # Lemma 3 of docs/protocol.md ("Active security on sparse graphs"): with c
                 # colluders, survivors need h + 1 + c partners for at most one group of honest
                 # parties to be unmaskable; every survivor keeps t of them.
                 raise ConfigError(
-                    f"active mode on a Harary ring with {self.tolerated_colluders} tolerated"
+                    f"a Harary ring with {self.tolerated_colluders} tolerated"
                     " colluders needs t >= k/2 + 1 + colluders ="
                     f" {h + 1 + self.tolerated_colluders}, got t={self.threshold}"
                 )
@@ -130,6 +139,16 @@ class RoundConfig:
                 raise ConfigError(f"layout covers {self.layout.dim} coordinates, dim is {self.dim}")
             if len(self.layout.holdings) != n:
                 raise ConfigError("layout must list the blocks of every party")
+            if (
+                not self.layout.is_whole()
+                and self.layout.min_holders < self.tolerated_colluders + 2
+            ):
+                # A block sum over c colluders and one honest holder is that holder's value.
+                raise ConfigError(
+                    f"with {self.tolerated_colluders} tolerated colluders a layout needs"
+                    f" min_holders >= {self.tolerated_colluders + 2}, got"
+                    f" {self.layout.min_holders}"
+                )
         if self.active:
             if self.verify_keys is None or len(self.verify_keys) != n:
                 raise ConfigError("active mode needs one Ed25519 verify key per party")
@@ -283,21 +302,23 @@ def _graph_from_fields(fields: dict[str, Any]) -> NeighborGraph:
     )
 
 
-def _check_active_graph(graph: NeighborGraph) -> None:
-    """Active mode's guarantee (docs/protocol.md, "Active security on sparse graphs") is argued for
-    the complete graph and for Harary rings with n >= 3h + 1: there, at most one group of
-    surviving parties can ever be unmasked. Anything else is refused rather than run."""
+def _check_active_graph(graph: NeighborGraph, active: bool) -> None:
+    """Active mode's guarantee, and the deterministic one against tolerated colluders
+    (docs/protocol.md, "Active security on sparse graphs"), are argued for the complete graph and
+    for Harary rings with n >= 3h + 1: there, at most one group of honest parties can ever be
+    unmasked. Anything else is refused rather than run."""
+    what = "active mode" if active else "tolerated_colluders > 0"
     if graph.kind == KIND_COMPLETE:
         return
     h = graph.ring_half_width
     if h is None:
         raise ConfigError(
-            "active mode needs the complete graph or a Harary graph built by harary_graph (with"
+            f"{what} needs the complete graph or a Harary graph built by harary_graph (with"
             " its ring order): no security argument covers other sparse graphs"
         )
     if graph.n < 3 * h + 1:
         raise ConfigError(
-            f"active mode on a Harary graph needs n >= 3k/2 + 1 = {3 * h + 1} parties, got"
+            f"{what} on a Harary graph needs n >= 3k/2 + 1 = {3 * h + 1} parties, got"
             f" n={graph.n}; use the complete graph"
         )
 

@@ -302,7 +302,7 @@ def test_client_policy_refuses_downgrades_with_named_settings() -> None:
 
 def test_config_fields_round_trip() -> None:
     pairs = [keys.generate_ed25519() for _ in range(30)]
-    layout = BlockLayout((3, 4), tuple(((0,), (0, 1))[u % 2] for u in range(30)), min_holders=2)
+    layout = BlockLayout((3, 4), tuple(((0,), (0, 1))[u % 2] for u in range(30)), min_holders=3)
     configs = [
         make_config(6, t=3)[0],
         make_config(30, t=5, kind="harary", k=8)[0],

@@ -29,7 +29,13 @@ from secagg.engine._state import SERVER_ACCEPTS, GuardedEngine, ServerState
 from secagg.engine.advertise import KeyCollector
 from secagg.engine.masked_input import MaskedSum
 from secagg.engine.share_keys import ShareRouter
-from secagg.engine.unmask import AliveHolders, Unmasker, disconnected_blocks, weak_blocks
+from secagg.engine.unmask import (
+    AliveHolders,
+    Unmasker,
+    disconnected_blocks,
+    owner_partner_floor,
+    weak_blocks,
+)
 from secagg.errors import AbortedError, LocalProtocolError, ProtocolError, RemoteProtocolError
 from secagg.messages import Message, PartySignature
 
@@ -190,9 +196,7 @@ class ServerEngine(GuardedEngine):
             if msg.sender not in self._survivors or msg.sender in self._signatures:
                 raise RemoteProtocolError(f"unexpected survivor signature from {msg.sender}")
             assert self.config.verify_keys is not None
-            payload = consistency.list_payload(
-                self.config, self._survivors, self._unmask_dropped
-            )
+            payload = consistency.list_payload(self.config, self._survivors, self._unmask_dropped)
             if not keys.verify(self.config.verify_keys[msg.sender], msg.signature, payload):
                 raise RemoteProtocolError(f"invalid survivor signature from {msg.sender}")
             self._signatures[msg.sender] = msg.signature
@@ -227,16 +231,17 @@ class ServerEngine(GuardedEngine):
             alive = set(self._survivors)
             masked_with_survivor: set[int] = set()
             alive_holders = AliveHolders(cfg, alive)
+            floor = owner_partner_floor(cfg)
             for u in self._survivors:
                 # The conditions every honest party checks before answering: refuse early and
                 # clearly instead of asking parties that will refuse.
                 partners = self._peers.get(u, ())
                 masked_with_survivor.update(partners)
                 surviving_peers = alive.intersection(partners)
-                if len(surviving_peers) < t:
+                if len(surviving_peers) < floor:
                     raise AbortedError(
                         f"party {u} has only {len(surviving_peers)} surviving neighbours, fewer"
-                        f" than the threshold {t}"
+                        f" than the {floor} it needs (threshold {t})"
                     )
                 weak = weak_blocks(cfg, u, alive, surviving_peers, alive_holders)
                 if weak:

@@ -49,7 +49,8 @@ def connectivity_degree(config: RoundConfig, block: int) -> int:
       graph cannot both keep h + 1 honest neighbours inside themselves.
     """
     c = config.tolerated_colluders
-    floor = config.blocks.min_holders - 1 if config.part_wise else 1
+    # c + 1 partners keep at least two honest parties in any group (Lemma 4 with one group).
+    floor = max(config.blocks.min_holders - 1 if config.part_wise else 1, c + 1)
     bound = (len(config.blocks.holders[block]) + c) // 2
     h = config.graph.ring_half_width
     if h is not None and config.num_parties >= 3 * h + 1:
@@ -90,7 +91,7 @@ def weak_blocks(
         return []
     layout = config.blocks
     count = alive_holders if alive_holders is not None else AliveHolders(config, survivors)
-    strict = config.active and not consistency.legacy_rule()
+    strict = lemma_checks(config)
     weak = []
     for b in layout.holdings[party]:
         alive = count(b)
@@ -105,6 +106,21 @@ def _held_set(config: RoundConfig, party: int) -> frozenset[int]:
     return config.blocks.holding_sets[party]
 
 
+def lemma_checks(config: RoundConfig) -> bool:
+    """Whether the degree rules of :func:`connectivity_degree` apply: in active mode (a server
+    that may lie), and in semi-honest mode when colluders are tolerated (a colluder's pairwise
+    masks are known to the server, so plain connectivity of the holders is not enough)."""
+    return (config.active or config.tolerated_colluders > 0) and not consistency.legacy_rule()
+
+
+def owner_partner_floor(config: RoundConfig) -> int:
+    """The fewest surviving partners any revealed owner needs: t, and in whole-vector rounds
+    under :func:`lemma_checks` also the connectivity degree of the one block."""
+    if lemma_checks(config) and not config.part_wise:
+        return max(config.threshold, connectivity_degree(config, 0))
+    return config.threshold
+
+
 def disconnected_blocks(
     config: RoundConfig, survivors: set[int], partners: dict[int, tuple[int, ...]]
 ) -> list[int]:
@@ -116,7 +132,7 @@ def disconnected_blocks(
     where every survivor kept t surviving partners and either t >= h + 1 on a Harary ring with
     n >= 3h + 1, or 2(t + 1) > |U3| (two groups of t + 1 do not fit)."""
     t = config.threshold
-    if not config.part_wise:
+    if not config.part_wise and config.tolerated_colluders == 0:
         h = config.graph.ring_half_width
         if 2 * (t + 1) > len(survivors) or (
             h is not None and t >= h + 1 and config.num_parties >= 3 * h + 1
@@ -216,9 +232,10 @@ def client_unmask(
     # survivor whose self-mask share this party hands over, not only its own: otherwise a
     # malicious server could collect a thin block's sum from parties that do not hold it.
     alive_holders = AliveHolders(config, survivors)
+    floor = owner_partner_floor(config)
     for owner in (party, *surviving_peers):
         owner_peers = survivors & partners[owner]
-        if len(owner_peers) < config.threshold:
+        if len(owner_peers) < floor:
             raise RemoteProtocolError(
                 f"party {owner} masked with only {len(owner_peers)} surviving partners"
             )
