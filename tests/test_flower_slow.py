@@ -22,9 +22,11 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from bench.flower_deploy import APP, LocalFederation
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # bench/ lives at the repository root
+
+from bench.flower_deploy import APP, LocalFederation  # noqa: E402
+
 SUMCHECK = ROOT / "examples" / "flower_sum_check"
 
 pytestmark = pytest.mark.slow
@@ -98,7 +100,9 @@ def test_ray_run_simulation_several_rounds_with_a_dropping_node() -> None:
     pids = [p for p in range(n) if p != lazy]
     expected = sum(0.1 * p * (10 + p) for p in pids) / sum(10 + p for p in pids)
     got = seen["params"][0]
-    assert np.max(np.abs(got - expected)) < 1e-4
+    # Flower's quantisation bound: one step 2c/Q per survivor, over the total quantised weight.
+    q_total = sum(round((10 + p) / 1000 * 4194304) for p in pids)
+    assert np.max(np.abs(got - expected)) <= len(pids) * 16.0 / q_total
 
 
 def _federation_run(
@@ -125,7 +129,12 @@ def test_tls_deployment_sigkill_one_supernode_mid_round_exact_sum() -> None:
         results = fed.dir / "results.json"
         proc = fed.run(
             SUMCHECK,
-            {"num-server-rounds": 2, "min-nodes": nodes, "results-file": str(results)},
+            {
+                "num-server-rounds": 2,
+                "min-nodes": nodes,
+                "stage-timeout": 240.0,  # ten ClientApp processes start per stage on loopback
+                "results-file": str(results),
+            },
             timeout=1800,
         )
         # Wait until round 1 is past its setup stage, then SIGKILL one SuperNode.
