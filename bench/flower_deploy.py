@@ -15,6 +15,7 @@ Used by the slow tests (tests/test_flower_slow.py) and the deployment benchmark 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -249,20 +250,69 @@ class LocalFederation:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
+        """Stop every process this federation started, and everything they started (Flower's
+        SuperExec, the simulation, Ray's workers live in process groups of their own)."""
+        tree = _descendants({p.pid for p in self.procs if p.poll() is None})
+        groups = {_pgid(pid) for pid in tree} - {None, os.getpgid(0)}
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for group in groups:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(group, sig)  # type: ignore[arg-type]
+            for pid in tree:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and any(_alive(pid) for pid in tree):
+                for proc in self.procs:
+                    proc.poll()
+                time.sleep(0.2)
         for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+            proc.poll()
         if self._tmp is not None and not os.environ.get("SECAGG_KEEP_FLWR_DIR"):
             self._tmp.cleanup()
+
+
+def _children() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        out.setdefault(ppid, []).append(int(entry.name))
+    return out
+
+
+def _descendants(roots: set[int]) -> set[int]:
+    """``roots`` and every process below them (read from /proc)."""
+    children = _children()
+    seen: set[int] = set()
+    stack = list(roots)
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        stack.extend(children.get(pid, []))
+    return seen
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 APP = Path(__file__).resolve().parents[1] / "examples" / "flower_parameter_parts"
