@@ -517,6 +517,10 @@ def find_harary_parameters(
     others = n - 1
     survivors = max(others - D, 0)
     for k in range(2, n - 1, 2):
+        if not semi_honest and n < 3 * (k // 2) + 1:
+            # Active mode's argument on a ring needs n >= 3k/2 + 1 (docs/protocol.md, lemma 3):
+            # larger k fall back to the complete graph.
+            break
         if _log_prob_disconnected(n, k, C + D) >= log_sec_event:
             continue
         t = _min_secure_threshold(others, min(C, others), k, log_q_sec)
