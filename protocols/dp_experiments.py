@@ -152,11 +152,17 @@ def plot(results: dict[str, Any], path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, row in results["rows"].items():
         xs = [e for e in epsilons if str(e) in row and "error" not in row[str(e)]]
-        style = "-" if row["protocol"] == "parameter-parts" else "--"
-        if len(xs) == 1:
-            style = "s" if row["protocol"] == "parameter-parts" else "D"
+        parts = row["protocol"] == "parameter-parts"
+        style, marker = ("-" if parts else "--"), "o"
+        if len(xs) == 1:  # one epsilon only: a lone marker
+            style, marker = "", "s" if parts else "D"
         ax.plot(
-            xs, [row[str(e)]["accuracy"] for e in xs], style, marker="o", label=label, alpha=0.85
+            xs,
+            [row[str(e)]["accuracy"] for e in xs],
+            linestyle=style,
+            marker=marker,
+            label=label,
+            alpha=0.85,
         )
     for protocol, color in (("parameter-parts", "black"), ("fedavg", "gray")):
         ax.axhline(
@@ -166,7 +172,7 @@ def plot(results: dict[str, Any], path: str) -> None:
             label=f"no DP ({'parts' if protocol == 'parameter-parts' else 'whole model'})",
         )
     ax.set_xscale("log")
-    ax.set_ylim(0.70, 0.87)
+    ax.set_ylim(0.82, 0.86)
     ax.set_xticks(list(epsilons), [f"{e:g}" for e in epsilons])
     ax.set_xlabel("epsilon (delta = 1e-5, whole run; unit: one record of one party)")
     ax.set_ylabel("test accuracy")
