@@ -416,7 +416,7 @@ def test_node_refuses_a_configuration_below_its_policy() -> None:
     report = wf.last_report
     assert report is not None and report.error is None
     assert set(report.refused) == strict
-    assert all("below this node's policy" in why for why in report.refused.values())
+    assert all("refused by this party's policy" in why for why in report.refused.values())
     assert_mean(cohort, got, report.survivors)
 
 
@@ -427,7 +427,7 @@ def test_node_requiring_active_mode_refuses_a_semi_honest_round() -> None:
     run(cohort, wf, app=app)
     report = wf.last_report
     assert report is not None and report.error is not None
-    assert all("requires the active mode" in why for why in report.refused.values())
+    assert all("requires active mode" in why for why in report.refused.values())
 
 
 # -- mixing with Flower's own halves fails loudly ---------------------------------------------
@@ -455,3 +455,41 @@ def test_our_server_with_flowers_mod_fails_loudly() -> None:
     assert report is not None and report.error is not None
     assert len(report.refused) == 6
     assert all("from secagg.flower import secaggplus_mod" in r for r in report.refused.values())
+
+
+def test_node_state_is_sealed_with_the_nodes_state_key() -> None:
+    from flwr.common import serde
+    from flwr.proto.message_pb2 import Context as ProtoContext
+
+    from secagg.engine import ClientEngine
+    from secagg.errors import SecAggError
+    from secagg.flower import _codec
+    from secagg.flower._compat import config_from_bytes, engine_load_bytes
+
+    cohort = Cohort(8, seed=17)
+    key = bytes(range(32))
+    app = cohort.app(make_secaggplus_mod(state_key=key))
+    late = cohort.ids[2]
+    wf = SecAggPlusWorkflow(5, 3)
+    got, grid = run(cohort, wf, app=app, drops={late: "unmask"})
+    report = wf.last_report
+    assert report is not None and report.error is None
+    assert_mean(cohort, got, report.survivors)
+    # The late node kept its state after the masked-vector stage: sealed, not readable without
+    # the key, and an older counter is refused.
+    proto = ProtoContext()
+    proto.ParseFromString(grid.contexts[late])
+    ctx = serde.context_from_proto(proto)
+    state = _codec.decode(ctx.state.config_records[records.STATE_KEY]["blob"])
+    config = config_from_bytes(state["config"])
+    with pytest.raises(SecAggError):
+        engine_load_bytes(
+            ClientEngine(config, state["party"]), state["engine"], key=None, min_counter=0
+        )
+    with pytest.raises(SecAggError):
+        engine_load_bytes(
+            ClientEngine(config, state["party"]), state["engine"], key=key, min_counter=99
+        )
+    engine = ClientEngine(config, state["party"])
+    engine_load_bytes(engine, state["engine"], key=key, min_counter=state["counter"])
+    assert not engine.failed

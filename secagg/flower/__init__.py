@@ -10,7 +10,8 @@ Needs the ``flower`` extra (``pip install 'secagg[flower]'``); the engine itself
 Flower. See docs/flower.md for what differs from Flower's implementation and why.
 """
 
-from secagg.flower._compat import ClientPolicy, PolicyError
+from secagg.config import ClientPolicy
+from secagg.errors import PolicyError
 from secagg.flower.driver import DEFAULT_STAGE_TIMEOUT, EngineRound, RoundReport
 from secagg.flower.mod import make_secaggplus_mod, secagg_mod, secaggplus_mod
 from secagg.flower.quantization import FlowerQuantizer

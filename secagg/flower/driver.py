@@ -152,7 +152,7 @@ class EngineRound:
             "round": _codec.encode(self.meta),
         }
         outgoing = self._stage(records.SETUP, {nid: dict(setup) for nid in self.node_ids})
-        while self.engine.result is None:
+        while not self.engine.done:
             if not outgoing:
                 raise AbortedError("the engine produced no messages for the next stage")
             stage = _STAGE_OF[outgoing[0].TYPE]
@@ -164,6 +164,7 @@ class EngineRound:
                 },
             )
         result = self.engine.result
+        assert result is not None  # done means the engine holds its result
         self.report.total = result.total
         self.report.survivors = tuple(self.node_ids[p] for p in result.survivors)
         alive = set(self.report.survivors)

@@ -21,7 +21,7 @@ from typing import Any, cast
 import numpy as np
 
 from secagg import messages as wire
-from secagg.config import RoundConfig
+from secagg.config import ClientPolicy, RoundConfig
 from secagg.encoding import FixedPointEncoder
 from secagg.engine import ClientEngine
 from secagg.errors import ConfigError, LocalProtocolError, RemoteProtocolError
@@ -54,22 +54,34 @@ FIXED_POINT = "fixed_point"
 #: The ArrayRecord a message-API ClientApp replies with (its update on its part).
 UPDATE_RECORD = "secagg.update"
 
+#: node_config key naming a file with the node's state-sealing key (64 hex digits).
+STATE_KEY_FILE = "secagg-state-key-file"
 #: node_config key naming a file with the node's Ed25519 signing key (64 hex digits), for the
 #: active mode when no key is passed to :func:`make_secaggplus_mod`.
 SIGNING_KEY_FILE = "secagg-signing-key-file"
 
 
-def make_secaggplus_mod(*, policy: Any | None = None, signing_key: bytes | None = None) -> Mod:
+def make_secaggplus_mod(
+    *,
+    policy: ClientPolicy | None = None,
+    signing_key: bytes | None = None,
+    state_key: bytes | None = None,
+) -> Mod:
     """A mod with this node's own requirements.
 
     Args:
-        policy: a ``ClientPolicy`` (minimum threshold, neighbours, block holders, active mode):
-            the node refuses any round configured below it, before it sends anything.
+        policy: a :class:`~secagg.config.ClientPolicy` (minimum threshold, neighbours, block
+            holders, active mode...): the node refuses any round configured below it, before it
+            sends anything (:class:`~secagg.errors.PolicyError`).
         signing_key: the node's long-term Ed25519 private key (32 bytes) for the active mode.
             Without it, the mod reads the file named by ``node_config["secagg-signing-key-file"]``
             when the server asks for the active mode.
+        state_key: a 32-byte key sealing the engine state the node keeps in its Flower context
+            between messages (AES-256-GCM, with a counter so an older state is never accepted).
+            Without it, the mod reads ``node_config["secagg-state-key-file"]`` if set, else the
+            state stays in the clear in the node's own context (never sent anywhere).
     """
-    node_policy = policy if policy is not None else _compat.ClientPolicy()
+    node_policy = policy if policy is not None else ClientPolicy()
 
     def secaggplus_mod(msg: Message, ctxt: Context, call_next: CallNext) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
@@ -79,7 +91,8 @@ def make_secaggplus_mod(*, policy: Any | None = None, signing_key: bytes | None 
             if records.FLOWER_RECORD_KEY in incoming:
                 raise records.NamespaceError(records.FLOWER_SERVER_WITH_OUR_MOD)
             raise records.NamespaceError(records.NO_SECAGG_RECORD)
-        return _NodeSession(node_policy, signing_key).handle(msg, ctxt, call_next)
+        session = _NodeSession(node_policy, signing_key, state_key)
+        return session.handle(msg, ctxt, call_next)
 
     return secaggplus_mod
 
@@ -87,9 +100,12 @@ def make_secaggplus_mod(*, policy: Any | None = None, signing_key: bytes | None 
 class _NodeSession:
     """One message's worth of work on the node (the state lives in ``context.state``)."""
 
-    def __init__(self, policy: Any, signing_key: bytes | None) -> None:
+    def __init__(
+        self, policy: ClientPolicy, signing_key: bytes | None, state_key: bytes | None
+    ) -> None:
         self.policy = policy
         self.signing_key = signing_key
+        self.state_key = state_key
 
     def handle(self, msg: Message, ctxt: Context, call_next: CallNext) -> Message:
         record = msg.content.config_records[records.RECORD_KEY]
@@ -116,7 +132,11 @@ class _NodeSession:
         if stage == records.UNMASK or engine.failed:
             ctxt.state.config_records.pop(records.STATE_KEY, None)
         else:
-            state["engine"] = _compat.engine_to_bytes(engine)
+            # Each stage's sealed state carries a larger counter: an older one is refused.
+            counter = records.STAGES.index(stage) + 1
+            key = self._state_key(ctxt)
+            state["engine"] = _compat.engine_to_bytes(engine, key=key, counter=counter)
+            state["counter"] = counter
             state["stage"] = stage
             ctxt.state.config_records[records.STATE_KEY] = ConfigRecord(
                 cast(Any, {"blob": _codec.encode(state)})
@@ -147,7 +167,6 @@ class _NodeSession:
         if node_ids.count(me) != 1:
             raise RemoteProtocolError(f"setup: this node ({me}) is not in the round's node list")
         party = node_ids.index(me)
-        _compat.check_policy(self.policy, config, party)
         if meta.get("encoding", "flower") == "flower":
             quant = _quantizer(meta)
             if flat_size(_shapes(meta)) != config.dim:
@@ -261,33 +280,51 @@ class _NodeSession:
         return state
 
     def _engine(self, state: dict[str, Any], ctxt: Context, *, fresh: bool = False) -> ClientEngine:
+        """The node's engine; the policy is checked against the configuration every time."""
         config: RoundConfig = _compat.config_from_bytes(state["config"])
-        kwargs: dict[str, Any] = {"signing_key": state["signing_key"]}
-        if _compat.ENGINE_TAKES_POLICY:
-            kwargs["policy"] = self.policy
-        engine = ClientEngine(config, state["party"], **kwargs)
+        engine = ClientEngine(
+            config, state["party"], signing_key=state["signing_key"], policy=self.policy
+        )
         if not fresh:
-            _compat.engine_load_bytes(engine, state["engine"])
+            _compat.engine_load_bytes(
+                engine,
+                state["engine"],
+                key=self._state_key(ctxt),
+                min_counter=int(state.get("counter", 0)),
+            )
         return engine
+
+    def _state_key(self, ctxt: Context) -> bytes | None:
+        if self.state_key is not None:
+            return self.state_key
+        return _key_file(ctxt, STATE_KEY_FILE, "state key")
 
     def _signing_key(self, config: RoundConfig, ctxt: Context) -> bytes | None:
         if not config.active:
             return None
         if self.signing_key is not None:
             return self.signing_key
-        path = ctxt.node_config.get(SIGNING_KEY_FILE)
-        if not isinstance(path, str):
+        key = _key_file(ctxt, SIGNING_KEY_FILE, "signing key")
+        if key is None:
             raise ConfigError(
                 "the server asks for the active mode but this node has no signing key: pass"
                 f" signing_key= to make_secaggplus_mod or set node_config[{SIGNING_KEY_FILE!r}]"
             )
-        try:
-            key = bytes.fromhex(Path(path).read_text().strip())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read the signing key file {path!r}: {exc}") from None
-        if len(key) != 32:
-            raise ConfigError(f"signing key file {path!r} must hold 32 bytes as hex")
         return key
+
+
+def _key_file(ctxt: Context, name: str, what: str) -> bytes | None:
+    """A 32-byte key, as 64 hex digits in the file named by ``node_config[name]`` (if set)."""
+    path = ctxt.node_config.get(name)
+    if path is None:
+        return None
+    try:
+        key = bytes.fromhex(Path(str(path)).read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the {what} file {path!r}: {exc}") from None
+    if len(key) != 32:
+        raise ConfigError(f"{what} file {path!r} must hold 32 bytes as 64 hex digits")
+    return key
 
 
 def _quantizer(meta: dict[str, Any]) -> FlowerQuantizer:
