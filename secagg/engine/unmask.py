@@ -225,7 +225,7 @@ def client_unmask(
             consistency.check_certified(
                 config, request.survivors, request.dropped, request.signatures, depends_on
             )
-    else:
+    elif config.part_wise or lemma_checks(config):
         for owner in surviving_peers:
             partners[owner] = set(config.neighbors(owner))
     # Part-wise: revealing b_w unmasks w's blocks in the sums, so check the blocks of every
@@ -233,7 +233,9 @@ def client_unmask(
     # malicious server could collect a thin block's sum from parties that do not hold it.
     alive_holders = AliveHolders(config, survivors)
     floor = owner_partner_floor(config)
-    for owner in (party, *surviving_peers):
+    # Semi-honest whole-vector rounds without tolerated colluders: the server routes honestly
+    # and checks every survivor itself; a party checks only its own protection.
+    for owner in (o for o in (party, *surviving_peers) if o in partners):
         owner_peers = survivors & partners[owner]
         if len(owner_peers) < floor:
             raise RemoteProtocolError(
