@@ -102,7 +102,8 @@ def render_expansion(m: dict[str, Any]) -> str:
     return (
         f"n={m['n']}, d={m['dim']:,}, harary k={m['k']}, B={m['bits']}: a party that stays for"
         f" the whole round uploads {m['upload']:,.0f} bytes, **{m['expansion']:.3f}** x its"
-        f" vector as float32 (bound B/32 + 0.1 = {m['bits'] / 32 + 0.1:.3f}).\n"
+        f" vector as float32 (bound B/32 + 0.1 = {m['bits'] / 32 + 0.1:.3f}; bytes re-measured"
+        " by `python scripts/doc_figures.py` after the run above).\n"
     )
 
 
