@@ -1,0 +1,378 @@
+"""How the server scales with the number of parties (issue 12): one round per (n, d) point.
+
+    python -m bench.scaling --points 100x100000,1000x10000,10000x10000 --out docs/scaling
+    python -m bench.scaling --points 10000x100000 --append docs/scaling   # add a point later
+    python -m bench.scaling --render docs/scaling                          # table + figures
+
+Every point is one ``secagg simulate`` round (Harary graph from the finder, 10% of the parties
+dropping before masking and 5% during unmasking) run in a fresh process, so its peak memory is
+its own. Each point records the machine's load average before and after it: the machine is
+shared, and a loaded machine slows every number (the report says so next to the table).
+
+Besides the simulation's own report, the child process times the two cryptographic steps of
+the unmasking phase from outside the engine (wrapping the functions, no clock in the engine):
+Shamir reconstruction and mask regeneration (X25519, HKDF, AES-CTR, adds, on the worker
+processes). *Bookkeeping* is the server's phase time minus that cryptographic work: what the
+issue asks to be tens of microseconds per party.
+
+``--baseline COMMIT`` runs the same points with the library as it was at COMMIT (extracted with
+``git archive`` into a temporary directory), for ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PHASES = ("collect_keys", "collect_shares", "collect_masked_inputs", "collect_unmask")
+PHASE_LABELS = {
+    "collect_keys": "keys",
+    "collect_shares": "shares",
+    "collect_masked_inputs": "masked",
+    "collect_unmask": "unmask",
+}
+
+
+def run_point(n: int, d: int, workers: int, seed: int) -> dict[str, Any]:
+    """One round in this process (called in a fresh child process by :func:`measure`)."""
+    from secagg import sim
+    from secagg.engine import unmask
+
+    crypto = {"reconstruct_seconds": 0.0, "mask_regeneration_seconds": 0.0}
+    reconstruct = unmask._reconstruct_all
+    regenerate = getattr(unmask, "total_mask_parallel")  # noqa: B009 - patched below
+
+    def timed_reconstruct(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return reconstruct(*args, **kwargs)
+        finally:
+            crypto["reconstruct_seconds"] += time.perf_counter() - start
+
+    def timed_regenerate(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return regenerate(*args, **kwargs)
+        finally:
+            crypto["mask_regeneration_seconds"] += time.perf_counter() - start
+
+    unmask._reconstruct_all = timed_reconstruct
+    setattr(unmask, "total_mask_parallel", timed_regenerate)  # noqa: B010
+    setup = sim.resolve_parameters(n, d, dropout_rate=0.15, corruption_rate=0.05)
+    script = sim.scripted_dropouts(n, 0.1, 0.05, seed)
+    start = time.perf_counter()
+    report = sim.run_round(setup, script, seed=seed, workers=workers)
+    report["wall_seconds"] = time.perf_counter() - start
+    report["unmask_crypto"] = crypto
+    return report
+
+
+def measure(
+    n: int, d: int, workers: int, seed: int, pythonpath: Path | None = None
+) -> dict[str, Any]:
+    """Run one point in a child process; add the machine load around it."""
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = f"{pythonpath}{os.pathsep}{ROOT}"
+    before = os.getloadavg()
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    code = (
+        "import json, sys; from bench.scaling import run_point; "
+        f"print(json.dumps(run_point({n}, {d}, {workers}, {seed})))"
+    )
+    if pythonpath is not None:
+        # The old library has no timing hooks to wrap reliably: run its simulator as is.
+        code = (
+            "import json, time; from secagg import sim; "
+            f"s = sim.resolve_parameters({n}, {d}, dropout_rate=0.15, corruption_rate=0.05); "
+            f"sc = sim.scripted_dropouts({n}, 0.1, 0.05, {seed}); t = time.perf_counter(); "
+            f"r = sim.run_round(s, sc, seed={seed}, workers={workers}); "
+            "r['wall_seconds'] = time.perf_counter() - t; print(json.dumps(r))"
+        )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=str(ROOT),
+        env=env,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"point n={n} d={d} failed:\n{proc.stderr[-3000:]}")
+    report: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    report["load_before"] = before
+    report["load_after"] = os.getloadavg()
+    report["started"] = started
+    report["baseline"] = pythonpath is not None
+    return report
+
+
+def bookkeeping_per_party(r: dict[str, Any]) -> dict[str, float]:
+    """Server seconds per party and phase, minus the unmasking's cryptographic work."""
+    phases = r["server_phase_seconds"]
+    crypto = r.get("unmask_crypto", {})
+    out = {}
+    for phase in PHASES:
+        seconds = phases.get(phase, 0.0)
+        if phase == "collect_unmask":
+            seconds -= crypto.get("reconstruct_seconds", 0.0)
+            seconds -= crypto.get("mask_regeneration_seconds", 0.0)
+        out[phase] = max(0.0, seconds) / r["clients"]
+    return out
+
+
+def _fmt_s(x: float) -> str:
+    return f"{x:.3g}" if x < 10 else f"{x:.1f}"
+
+
+def render(points: list[dict[str, Any]], out: Path) -> str:
+    """Markdown section, scaling.png and bookkeeping.png for the measured points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ours = sorted((p for p in points if not p["baseline"]), key=lambda p: (p["dim"], p["clients"]))
+    base = sorted((p for p in points if p["baseline"]), key=lambda p: (p["dim"], p["clients"]))
+    lines = [
+        "| n | d | k | t | survivors | server s | per phase keys / shares / masked / unmask s"
+        " | unmask crypto s (Shamir + masks) | client ms (mean) | upload KB/party"
+        " | simulation s | peak MB (main / workers) | correct | load before / after |",
+        "|" + " ---: |" * 6 + " --- | --- |" + " ---: |" * 3 + " --- | --- | --- |",
+    ]
+    for r in ours:
+        ph = r["server_phase_seconds"]
+        crypto = r["unmask_crypto"]
+        simr = r.get("simulator", {})
+        lines.append(
+            f"| {r['clients']:,} | {r['dim']:,} | {r['neighbors']} | {r['threshold']}"
+            f" | {r['survivors']:,} | **{_fmt_s(r['server_seconds'])}**"
+            f" | {' / '.join(_fmt_s(ph.get(p, 0.0)) for p in PHASES)}"
+            f" | {crypto['reconstruct_seconds']:.2f} + {crypto['mask_regeneration_seconds']:.2f}"
+            f" | {r['client_seconds']['mean'] * 1e3:.1f}"
+            f" | {r['bytes']['client_upload_mean'] / 1024:.0f}"
+            f" | {r['wall_seconds']:.0f}"
+            f" | {simr.get('peak_memory_mb_main', r['peak_memory_mb']):.0f}"
+            f" / {simr.get('peak_memory_mb_workers', 0.0):.0f}"
+            f" | {r['correct']} | {r['load_before'][0]:.1f} / {r['load_after'][0]:.1f} |"
+        )
+    md = [
+        "## Scaling with the number of parties (issue 12)",
+        "",
+        "Made by `python -m bench.scaling` (one fresh process per point; Harary graph and"
+        " (k, t) from the finder; 10% of the parties drop before masking, 5% during"
+        " unmasking; 2 worker processes). *Unmask crypto* is timed inside the same run by"
+        " wrapping the engine's Shamir reconstruction and mask regeneration (X25519 + HKDF +"
+        " AES-CTR + adds, on the workers); the rest of the server's time is bookkeeping."
+        " Peak memory: the driver process (server engine, simulator, stored client states)"
+        " and the largest worker (client engines).",
+        "",
+        "**Machine load.** This machine has 2 cores shared with other jobs; the load average"
+        " (1 min) before and after each point is in the last column. With a load of L on 2"
+        " cores a CPU-bound step takes up to about max(1, L/2) times longer than on an idle"
+        " machine, so rows with a high load overstate the time.",
+        "",
+        *lines,
+        "",
+    ]
+    if base:
+        md += [
+            "Before issue 12 (same points, same run, library extracted at the baseline commit):",
+            "",
+            "| n | d | server s before | server s now | speed-up | simulation s before | now |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for b in base:
+            match = [r for r in ours if (r["clients"], r["dim"]) == (b["clients"], b["dim"])]
+            if not match:
+                continue
+            r = match[0]
+            md.append(
+                f"| {b['clients']:,} | {b['dim']:,} | {_fmt_s(b['server_seconds'])}"
+                f" | {_fmt_s(r['server_seconds'])}"
+                f" | **{b['server_seconds'] / r['server_seconds']:.1f}x**"
+                f" | {b['wall_seconds']:.0f} | {r['wall_seconds']:.0f} |"
+            )
+        md.append("")
+    # Figure 1: server time against n, with an n log n reference through the smallest point.
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for d in sorted({r["dim"] for r in ours}):
+        rows = [r for r in ours if r["dim"] == d]
+        ns = [r["clients"] for r in rows]
+        ax.plot(ns, [r["server_seconds"] for r in rows], "o-", label=f"server, d={d:,}")
+        if len(rows) >= 2:
+            n0, s0 = ns[0], rows[0]["server_seconds"]
+            ref = [s0 * (m * math.log(m)) / (n0 * math.log(n0)) for m in ns]
+            ax.plot(ns, ref, ":", color="grey")
+    ax.plot([], [], ":", color="grey", label="n log n through the first point")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("parties n")
+    ax.set_ylabel("server seconds (one round)")
+    ax.set_title("Server time against n (10% + 5% dropouts)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "scaling.png", dpi=120)
+    plt.close(fig)
+    # Figure 2: bookkeeping per party and phase (crypto of the unmasking removed).
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    shown = [r for r in ours if r["clients"] >= 1000]
+    width = 0.8 / max(1, len(shown))
+    for i, r in enumerate(shown):
+        per = bookkeeping_per_party(r)
+        xs = [j + i * width for j in range(len(PHASES))]
+        ax.bar(
+            xs,
+            [per[p] * 1e6 for p in PHASES],
+            width,
+            label=f"n={r['clients']:,}, d={r['dim']:,}",
+        )
+    ax.axhline(50, color="red", linestyle="--", linewidth=1, label="goal: 50 us")
+    ax.set_xticks([j + width * (len(shown) - 1) / 2 for j in range(len(PHASES))])
+    ax.set_xticklabels([PHASE_LABELS[p] for p in PHASES])
+    ax.set_ylabel("microseconds per party")
+    ax.set_title("Server bookkeeping per party and phase")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "bookkeeping.png", dpi=120)
+    plt.close(fig)
+    md += [
+        "![server time against n](scaling/scaling.png)",
+        "",
+        "Bookkeeping per party and phase (server phase time minus the unmasking's Shamir and"
+        " mask regeneration, divided by n):",
+        "",
+        "| n | d | keys us | shares us | masked us | unmask us |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in shown:
+        per = bookkeeping_per_party(r)
+        md.append(
+            f"| {r['clients']:,} | {r['dim']:,} | "
+            + " | ".join(f"{per[p] * 1e6:.0f}" for p in PHASES)
+            + " |"
+        )
+    md += ["", "![bookkeeping per party](scaling/bookkeeping.png)", ""]
+    md += DESIGN_NOTES
+    return "\n".join(md)
+
+
+DESIGN_NOTES = [
+    "What makes the server's per-party work small (issue 12; the wire format and the sans-I/O"
+    " API are unchanged):",
+    "",
+    "- *No per-message set building.* The server knew a phase was complete by rebuilding the"
+    " set of parties it still waited for after every message: quadratic in n (16 of 33 s at"
+    " n=10,000). It now compares counts.",
+    "- *Broadcast lists checked once.* Every unmask request carries the same survivor list;"
+    " its strictly-increasing check ran once per message (quadratic again). An immutable list"
+    " that passed is remembered; party lists of ordinary length are checked in one C-level"
+    " pass instead of through small numpy arrays; the decoder reads numbers and id lists in"
+    " place and splits records with one cached struct.",
+    "- *Key directories and share routing as arrays.* Low-order keys are refused by a lookup in"
+    " the 14 encodings of small-order points (RFC 7748; checked against OpenSSL in the tests)"
+    " instead of one X25519 per key; directories share one entry object per party; the n k"
+    " ciphertexts are routed with one stable sort by receiver over an object array of"
+    " references.",
+    "- *Masked inputs added as bytes.* Each packed B-bit vector is added into 16-bit counters"
+    " per byte position, plus the low parts of the bytes a value boundary cuts; per-value sums"
+    " are recovered once at the end (exact: sums of bytes are linear). About 4x less work per"
+    " party than unpacking at B=30.",
+    "- *Unmasking batched.* Revealed shares are appended per response as one blob; all owners"
+    " are reconstructed in one row-batched Lagrange interpolation (coefficients for every"
+    " owner's own holder set in O(t^2) vector operations, one batched inversion, vectorized"
+    " limb decoding). The workers that regenerate the masks also check each reconstructed mask"
+    " key against its advertised public key and derive the self-mask stream seeds.",
+    "- *Simulator.* Client states are kept as pickled blobs between steps (no engine alive"
+    " between messages), server messages are encoded a chunk at a time with the body of a"
+    " broadcast encoded once (byte-identical to `wire.encode`, checked), and the plaintext"
+    " check runs on the workers. The report's `simulator` object separates the driver's own"
+    " time (transport, routing) and memory from the engines'.",
+    "",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", default="", help="comma-separated NxD, e.g. 1000x10000")
+    parser.add_argument("--out", type=Path, default=None, help="write points.json here (new)")
+    parser.add_argument("--append", type=Path, default=None, help="add points to points.json")
+    parser.add_argument("--render", type=Path, default=None, help="table and figures only")
+    parser.add_argument("--baseline", default=None, help="also run the points at this commit")
+    parser.add_argument(
+        "--doc", type=Path, default=None, help="replace the scaling section of this markdown"
+    )
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    folder = args.out or args.append or args.render
+    if folder is None:
+        parser.error("one of --out, --append, --render is needed")
+    folder.mkdir(parents=True, exist_ok=True)
+    store = folder / "points.json"
+    points: list[dict[str, Any]] = []
+    if (args.append or args.render) and store.exists():
+        points = json.loads(store.read_text())
+    todo = [tuple(int(x) for x in p.split("x")) for p in args.points.split(",") if p]
+    old_tree: Path | None = None
+    if args.baseline:
+        old_tree = Path(tempfile.mkdtemp(prefix="secagg-baseline-"))
+        archive = subprocess.run(
+            ["git", "archive", args.baseline, "secagg"], cwd=ROOT, capture_output=True, check=True
+        )
+        subprocess.run(["tar", "-x", "-C", str(old_tree)], input=archive.stdout, check=True)
+    for n, d in todo:
+        for tree in [None] + ([old_tree] if old_tree is not None else []):
+            r = measure(n, d, args.workers, args.seed, tree)
+            if tree is not None:
+                r["baseline_commit"] = args.baseline
+            points = [
+                p
+                for p in points
+                if (p["clients"], p["dim"], p["baseline"]) != (n, d, tree is not None)
+            ]
+            points.append(r)
+            store.write_text(json.dumps(points, indent=1))
+            print(
+                f"n={n} d={d}{' (baseline)' if tree else ''}: server {r['server_seconds']:.2f} s,"
+                f" simulation {r['wall_seconds']:.1f} s, correct {r['correct']},"
+                f" load {r['load_before'][0]:.1f}->{r['load_after'][0]:.1f}",
+                file=sys.stderr,
+            )
+    section = render(points, folder)
+    (folder / "section.md").write_text(section)
+    if args.doc is not None:
+        write_section(args.doc, section)
+    print(section)
+    return 0
+
+
+BEGIN, END = "<!-- scaling:begin -->", "<!-- scaling:end -->"
+
+
+def write_section(doc: Path, section: str) -> None:
+    """Put ``section`` between the scaling markers of ``doc`` (appended the first time); the
+    rest of the document (other people's sections) is left as it is."""
+    text = doc.read_text() if doc.exists() else ""
+    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        text = head + block + tail
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    doc.write_text(text)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
