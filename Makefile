@@ -10,7 +10,7 @@ $(BIN)/activate:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
-	$(BIN)/pip install --quiet -e '.[dev,train,flower]'
+	$(BIN)/pip install --quiet -e '.[dev,train,flower,audit]'
 	touch $@
 
 demo: $(VENV)/.installed
