@@ -463,10 +463,14 @@ def _write_key(w: _Writer, e: KeyEntry) -> None:
     w.raw(e.signature)
 
 
+_KEY_HEAD = struct.Struct(">I32s32sB")  # party, mask key, encryption key, signature length
+
+
 def _read_key(r: _Reader) -> KeyEntry:
-    party = r.u32()
-    mask, enc = r.take(32), r.take(32)
-    sig_len = r.u8()
+    if r.pos + _KEY_HEAD.size > r.end:
+        raise MessageDecodeError("message is truncated")
+    party, mask, enc, sig_len = _KEY_HEAD.unpack_from(r.data, r.pos)  # one call per entry
+    r.pos += _KEY_HEAD.size
     if sig_len not in (0, SIGNATURE_BYTES):
         raise MessageDecodeError("bad signature length")
     return KeyEntry(party, mask, enc, r.take(sig_len))
