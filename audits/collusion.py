@@ -83,6 +83,7 @@ WEAKENINGS = (None, "low-threshold", "legacy-rule")
 #: The full strategy search stops starting solver calls after this many seconds (the rest are
 #: reported as "not run"); the quick one has no budget (it takes seconds).
 FULL_SEARCH_BUDGET_S = 2700.0
+STATUSES = ("unsat", "sat", "unknown", "not run")
 
 # -- driver --------------------------------------------------------------------------------------
 
@@ -676,20 +677,54 @@ def _strategy_search(quick: bool, legacy: bool) -> dict[str, Any]:
             else "Harary rings C_n(1..k/2) for k in {2,4,6,8,10} and n in {3h+1, 4h+1, 30}"
             " (n <= 30), complete graphs K_5, K_7, K_9"
         )
-        + "; every t with 2t > k + c; c = min(2, 2t-k-1) colluders (at most); whole-vector and"
+        + "; every t with 2t > k + c (on rings also t >= h+1+c, as RoundConfig demands);"
+        " at most c = min(2, 2t-k-1, and t-h-1 on rings) colluders; whole-vector and"
         " part-wise with min_holders 2 and 3 (c <= min_holders - 2); "
         + ("2 survivor lists" if quick else "3 survivor lists for n <= 10, else 2")
         + "; goals isolate, thin, split"
     )
+    search: dict[str, Any] = {
+        "rule": rule,
+        "solver": f"z3 {ss._z3().get_version_string()}",
+        "space": space,
+        "instances": len(instances),
+        "tasks": rows,
+        "found": found,
+        "counts": dict(counts),
+        "sanity": sanity,
+        "seconds": time.perf_counter() - begin,
+    }
+    search["findings"] = _search_findings(search)
+    return search
+
+
+def _by_goal(tasks: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Solver outcomes per goal set ("isolate, thin" / "split" / ...)."""
+    out: dict[str, dict[str, int]] = {}
+    for row in tasks:
+        key = ", ".join(row["goals"])
+        out.setdefault(key, {})
+        out[key][row["status"]] = out[key].get(row["status"], 0) + 1
+    return out
+
+
+def _search_findings(search: dict[str, Any]) -> list[str]:
+    counts = search["counts"]
+    per_goal = "; ".join(
+        f"{goals}: " + ", ".join(f"{n} {status}" for status, n in sorted(c.items()))
+        for goals, c in _by_goal(search["tasks"]).items()
+    )
     findings = [
-        f"(e) strategy search, rule={rule} (z3 {ss._z3().get_version_string()}): {len(outcomes)}"
-        f" solver calls over {len(instances)} instances ({space}): {counts.get('unsat', 0)}"
-        f" proved impossible, {counts.get('sat', 0)} strategies found,"
-        f" {counts.get('unknown', 0)} hit the time limit, {counts.get('not run', 0)} not run"
-        f" (budget); {time.perf_counter() - begin:.0f} s. Sanity: an honest round is"
-        f" {'admitted' if sanity == 'sat' else 'NOT admitted (model vacuous!)'} by the model",
+        f"(e) strategy search, rule={search['rule']} ({search['solver']}):"
+        f" {len(search['tasks'])} solver calls over {search['instances']} instances"
+        f" ({search['space']}): {counts.get('unsat', 0)} proved impossible (unsat),"
+        f" {counts.get('sat', 0)} strategies found, {counts.get('unknown', 0)} hit the time"
+        f" limit, {counts.get('not run', 0)} not run (budget); by goal: {per_goal};"
+        f" {search['seconds']:.0f} s. Sanity: an honest round is"
+        f" {'admitted' if search['sanity'] == 'sat' else 'NOT admitted (model vacuous!)'}"
+        " by the model",
     ]
-    for row in found:
+    for row in search["found"]:
         replays = "; ".join(
             f"replayed on the real engines under the {r['rule']} rule: value recovered"
             f" {r['recovered']} ({r['answered']} answered, {r['refused']} refused"
@@ -701,16 +736,7 @@ def _strategy_search(quick: bool, legacy: bool) -> dict[str, Any]:
             f"(e) FOUND {row['goal']} on {row['instance']}: sets {row['sets']}, colluders"
             f" {row['colluders']}; {replays}"
         )
-    return {
-        "rule": rule,
-        "space": space,
-        "tasks": rows,
-        "found": found,
-        "counts": dict(counts),
-        "sanity": sanity,
-        "seconds": time.perf_counter() - begin,
-        "findings": findings,
-    }
+    return findings
 
 
 def _search_markdown(search: dict[str, Any]) -> list[str]:
@@ -720,7 +746,15 @@ def _search_markdown(search: dict[str, Any]) -> list[str]:
     lines = [
         f"## Systematic strategy search (rule: {search['rule']})",
         "",
-        f"Space: {search['space']}. Counts: {search['counts']}; {search['seconds']:.0f} s.",
+        f"Space: {search['space']}. Counts: {search['counts']}; {search['seconds']:.0f} s"
+        " (wall clock; the machine is shared, so time limits bite earlier than on an idle one).",
+        "",
+        "| goals | " + " | ".join(STATUSES) + " |",
+        "|---|" + "---|" * len(STATUSES),
+        *(
+            f"| {goals} | " + " | ".join(str(c.get(st, 0)) for st in STATUSES) + " |"
+            for goals, c in _by_goal(search["tasks"]).items()
+        ),
         "",
         "### What is modelled (from `audits/strategy_search.py`)",
         "",
@@ -730,7 +764,16 @@ def _search_markdown(search: dict[str, Any]) -> list[str]:
         "",
     ]
     if not search["found"]:
-        lines.append("None: every instance that ran was proved impossible (UNSAT).")
+        unknown = search["counts"].get("unknown", 0) + search["counts"].get("not run", 0)
+        lines.append(
+            "None. Every call that finished was proved impossible (unsat)"
+            + (
+                f"; {unknown} calls hit their time limit or were not reached: for those"
+                " (instance, goal) pairs nothing is claimed."
+                if unknown
+                else "."
+            )
+        )
     for row in search["found"]:
         lines += [
             f"- **{row['goal']}** on `{row['instance']}`: learned sums over {row['sets']},"
