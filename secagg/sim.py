@@ -354,14 +354,20 @@ def run_round(
     meters = {u: _Meter() for u in range(n)}
     server_seconds = 0.0
     server_phases: dict[str, float] = {}
+    # CPU time of the driver process inside the server engine, per phase: unlike wall time it
+    # does not grow when other jobs load the machine, and it leaves out the mask regeneration
+    # that runs on the worker processes (so it is the server's own bookkeeping and Shamir).
+    server_cpu: dict[str, float] = {}
     failures: dict[int, str] = {}
 
     def close() -> list[wire.Message]:
         nonlocal server_seconds
         phase = server.state.value
+        cpu = time.process_time()
         start = time.perf_counter()
         out = server.close_phase()
         elapsed = time.perf_counter() - start
+        server_cpu[phase] = server_cpu.get(phase, 0.0) + time.process_time() - cpu
         server_seconds += elapsed
         server_phases[phase] = server_phases.get(phase, 0.0) + elapsed
         return out
@@ -420,9 +426,12 @@ def run_round(
                 for data in result.outgoing:
                     meters[u].upload += len(data)
                     collecting = server.state.value
+                    cpu = time.process_time()
                     start = time.perf_counter()
                     replies.extend(server.receive(data))
                     elapsed = time.perf_counter() - start
+                    cpu = time.process_time() - cpu
+                    server_cpu[collecting] = server_cpu.get(collecting, 0.0) + cpu
                     server_seconds += elapsed
                     server_phases[collecting] = server_phases.get(collecting, 0.0) + elapsed
         return replies
@@ -502,6 +511,7 @@ def run_round(
         "client_failures": len(failures),
         "client_phase_seconds": phase_means,
         "server_phase_seconds": server_phases,
+        "server_phase_cpu_seconds": server_cpu,
         # Where the round's wall time went in the driver: the server engine, waiting for the
         # client steps (workers computing and the process pool's IPC), encoding the server's
         # messages, and the rest (the driver's own bookkeeping and routing).
