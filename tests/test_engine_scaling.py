@@ -184,3 +184,23 @@ def test_revealed_shares_view_and_batched_reconstruction() -> None:
     thin[9] = {2: view[9][2]}
     with pytest.raises(AbortedError):
         _reconstruct_all(thin, t, 16)
+
+
+def test_simulator_broadcast_encoding_is_byte_identical() -> None:
+    from secagg import messages as wire
+    from secagg.sim import _BroadcastEncoder
+
+    session = os.urandom(16)
+    survivors = tuple(range(0, 3000, 2))
+    dropped = tuple(range(1, 3000, 20))
+    requests = [
+        wire.UnmaskRequest(session, 7, wire.SERVER, u, survivors=survivors, dropped=dropped)
+        for u in survivors[:20]
+    ]
+    lists = [
+        wire.SurvivorList(session, 7, wire.SERVER, u, survivors=survivors, dropped=dropped)
+        for u in survivors[:5]
+    ]
+    encoder = _BroadcastEncoder()
+    for m in [*requests, *lists]:
+        assert encoder.encode(m) == wire.encode(m)
