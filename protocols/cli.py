@@ -266,6 +266,23 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise UsageError(f"--dp {args.dp} needs --epsilon E (the target over the run)")
         if args.protocol == "centralized":
             raise UsageError("--dp needs a federated protocol (parameter-parts or fedavg)")
+        if args.dp == "local":
+            noisy_only = {k: _DP_FLAGS[k] for k in ("dp_bits", "dp_steps", "dp_lr", "dp_records")}
+            ignored = _given(args, noisy_only)
+            if ignored:
+                raise UsageError(
+                    f"{', '.join(ignored)} would be ignored by --dp local (Opacus DP-SGD in each"
+                    " party); they configure --dp distributed, central and both"
+                )
+        else:
+            upload = {k: _PART_FLAGS[k] for k in ("upload_policy", "upload_fraction", "rule")}
+            upload["threshold_tau"] = _PART_FLAGS["threshold_tau"]
+            ignored = _given(args, upload)
+            if ignored:
+                raise UsageError(
+                    f"{', '.join(ignored)} would be ignored by --dp {args.dp}: every party"
+                    " uploads its whole part as noisy clipped gradient sums (--dp-steps, --dp-lr)"
+                )
     if args.protocol != "parameter-parts":
         ignored = _given(args, _PART_FLAGS)
         if ignored:

@@ -437,3 +437,19 @@ def test_local_dp_sgd_trains_only_the_party_part() -> None:
     assert steps > 0 and rate == pytest.approx(0.16)
     np.testing.assert_array_equal(after[~part], before[~part])
     assert np.all(after[part] != before[part])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--dp", "distributed", "--upload-policy", "topk"],
+        ["--dp", "central", "--rule", "add"],
+        ["--dp", "local", "--dp-steps", "3"],
+        ["--dp", "local", "--dp-records", "1000"],
+    ],
+)
+def test_dp_flags_that_would_be_ignored_are_usage_errors(
+    extra: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", "--epsilon", "2", *extra, "--json"]) == 2
+    assert "would be ignored" in capsys.readouterr().err
