@@ -9,8 +9,8 @@ What is simulated, and from where:
 
 * **parts** come from the trainer's own :meth:`draw_parts` (CSPRNG ``select_parts``), a pool of
   real draws reused across trials;
-* **survivors**: the canary's owner is party 0; the other parties drop so as to leave the
-  fewest holders on the owner's blocks that the ENGINE still accepts (at most n - t - 1 drops,
+* **survivors**: the canary's owner is party 0; the other parties drop so as to leave as few
+  holders on the owner's blocks as the ENGINE still accepts (greedy; at most n - t - 1 drops,
   every block keeping 0 or at least ``min_holders`` surviving holders: the checks the server and
   every honest party make before unmasking). ``tests/test_audit_dp.py`` runs the real engine on
   such a pattern and checks it completes with exactly these per-block survivor counts;
