@@ -493,3 +493,28 @@ def test_node_state_is_sealed_with_the_nodes_state_key() -> None:
     engine = ClientEngine(config, state["party"])
     engine_load_bytes(engine, state["engine"], key=key, min_counter=state["counter"])
     assert not engine.failed
+
+
+def test_distributed_dp_round_releases_a_noisy_mean_calibrated_to_the_noise_floor() -> None:
+    from secagg.dp.mechanisms import DDGaussParams
+
+    cohort = Cohort(10, seed=18, scale=0.05)
+    wf = SecAggPlusWorkflow(5, 3, dp_epsilon=20.0, dp_delta=1e-5, dp_clip=1.0, dp_rounds=1)
+    drops = {cohort.ids[0]: "collect_masked_vectors"}
+    got, _ = run(cohort, wf, drops=drops)
+    report = wf.last_report
+    assert report is not None and report.error is None, report
+    survivors = report.survivors
+    assert len(survivors) == 9
+    # Unweighted mean of the (unclipped: norms < 1) inputs, plus noise from the survivors.
+    flat = {v: np.concatenate([a.ravel() for a in cohort.inputs[v]]) for v in survivors}
+    assert all(np.linalg.norm(x) < 1.0 for x in flat.values())
+    expected = np.mean([flat[v].astype(np.float64) for v in survivors], axis=0)
+    out = np.concatenate([g.ravel() for g in got])
+    params = DDGaussParams.calibrate(20.0, 1e-5, 1, 1.0, 1.0, out.size, 4, 24, max_parties=10)
+    # Each survivor's noise (and rounding) in the float domain, summed and averaged.
+    std = params.gamma * np.sqrt(len(survivors) * (float(params.sigma2_party) + 0.25))
+    err = np.abs(out - expected)
+    assert np.max(err) < 7 * std / len(survivors) + 1e-9
+    assert np.max(err) > 0  # the release is noisy
+    assert params.epsilon(1e-5) <= 20.0 * 1.001

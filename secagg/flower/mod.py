@@ -22,11 +22,12 @@ import numpy as np
 
 from secagg import messages as wire
 from secagg.config import ClientPolicy, RoundConfig
+from secagg.dp.mechanisms import encode_client
 from secagg.encoding import FixedPointEncoder
 from secagg.engine import ClientEngine
 from secagg.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from secagg.flower import _codec, _compat, records
-from secagg.flower.quantization import FlowerQuantizer, flat_size
+from secagg.flower.quantization import FlowerQuantizer, dp_from_fields, flat_size
 
 try:
     import flwr.compat.common.recorddict_compat as compat
@@ -51,6 +52,8 @@ Mod = Callable[[Message, Context, CallNext], Message]
 
 #: The ``encoding`` of the round meta for message-API apps (see ``_encode_update``).
 FIXED_POINT = "fixed_point"
+#: The ``encoding`` of a distributed-DP round (DDGauss, ``SecAggPlusWorkflow(dp_epsilon=...)``).
+DDGAUSS = "ddgauss"
 #: The ArrayRecord a message-API ClientApp replies with (its update on its part).
 UPDATE_RECORD = "secagg.update"
 
@@ -178,6 +181,14 @@ class _NodeSession:
                     f" {config.num_parties} values in [0, {quant.quantization_range}]"
                     f" (needs {needed})"
                 )
+        elif meta.get("encoding") == DDGAUSS:
+            params, _ = dp_from_fields(cast(dict[str, Any], meta.get("dp")))
+            if (
+                params.padded_dim != config.dim
+                or params.bits != config.modulus_bits
+                or params.dim != flat_size(_shapes(meta)) - 1
+            ):
+                raise RemoteProtocolError("setup: DP parameters do not match the configuration")
         elif meta.get("encoding") != FIXED_POINT:
             raise RemoteProtocolError(f"setup: unknown encoding {meta.get('encoding')!r}")
         state: dict[str, Any] = {
@@ -213,8 +224,15 @@ class _NodeSession:
                 f"the ClientApp returned parameters of shapes {got[:4]}..., the round expects"
                 f" {shapes[:4]}..."
             )
-        quant = _quantizer(meta)
-        words = quant.quantize(arrays, fitres.num_examples, engine.config.modulus_bits)
+        if meta.get("encoding") == DDGAUSS:
+            # Distributed DP: clip to L2 norm, rotate, round, add discrete Gaussian noise from
+            # the CSPRNG (secagg.dp.mechanisms.encode_client); the weight is not used.
+            params, rotation = dp_from_fields(cast(dict[str, Any], meta["dp"]))
+            flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
+            words = encode_client(flat, params, rotation)
+        else:
+            quant = _quantizer(meta)
+            words = quant.quantize(arrays, fitres.num_examples, engine.config.modulus_bits)
         engine.set_input(words)
         # Only the masked vector leaves the node; Flower's FitRes keeps its shape for the
         # strategy, with the example count and metrics hidden when the server asked for it.

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import numpy.typing as npt
 
 from secagg.crypto import rng
+from secagg.dp.mechanisms import DDGaussParams, RandomizedHadamard
 from secagg.encoding import MAX_MODULUS_BITS, word_dtype
 from secagg.errors import ConfigError, EncodingError
 
@@ -139,6 +141,61 @@ class FlowerQuantizer:
                 " lower quantization_range"
             )
         return bits
+
+
+def split_shapes(
+    flat: npt.NDArray[np.float64], shapes: list[tuple[int, ...]]
+) -> list[npt.NDArray[np.float64]]:
+    """A flat vector cut into arrays of ``shapes``."""
+    out: list[npt.NDArray[np.float64]] = []
+    pos = 0
+    for shape in shapes:
+        size = math.prod(shape)
+        out.append(np.asarray(flat[pos : pos + size]).reshape(shape))
+        pos += size
+    return out
+
+
+def dp_fields(params: DDGaussParams, rotation_seed: bytes) -> dict[str, object]:
+    """DDGauss parameters and the rotation seed as plain fields (sent to the nodes at setup)."""
+    return {
+        "clip": params.clip,
+        "gamma": params.gamma,
+        "bits": params.bits,
+        "sigma2_party": str(Fraction(params.sigma2_party)),
+        "min_parties": params.min_parties,
+        "dim": params.dim,
+        "beta": params.beta,
+        "max_parties": params.max_parties,
+        "rotation_seed": rotation_seed,
+    }
+
+
+def dp_from_fields(fields: dict[str, object]) -> tuple[DDGaussParams, RandomizedHadamard]:
+    """Inverse of :func:`dp_fields` (validated by ``DDGaussParams``).
+
+    Raises:
+        ConfigError: malformed fields.
+    """
+    try:
+        params = DDGaussParams(
+            clip=float(fields["clip"]),  # type: ignore[arg-type]
+            gamma=float(fields["gamma"]),  # type: ignore[arg-type]
+            bits=int(fields["bits"]),  # type: ignore[call-overload]
+            sigma2_party=Fraction(str(fields["sigma2_party"])),
+            min_parties=int(fields["min_parties"]),  # type: ignore[call-overload]
+            dim=int(fields["dim"]),  # type: ignore[call-overload]
+            beta=float(fields["beta"]),  # type: ignore[arg-type]
+            max_parties=None
+            if fields["max_parties"] is None
+            else int(fields["max_parties"]),  # type: ignore[call-overload]
+        )
+        seed = fields["rotation_seed"]
+        if not isinstance(seed, bytes):
+            raise TypeError("rotation seed must be bytes")
+        return params, RandomizedHadamard(seed, params.dim)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"bad distributed-DP parameters: {exc}") from None
 
 
 def flat_size(shapes: list[tuple[int, ...]]) -> int:

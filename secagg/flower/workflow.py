@@ -32,10 +32,16 @@ from typing import Any, cast
 from secagg import graph as graphs
 from secagg.config import RoundConfig
 from secagg.crypto import rng
+from secagg.dp.mechanisms import (
+    DDGaussParams,
+    RandomizedHadamard,
+    check_noise_floor,
+    decode_sum,
+)
 from secagg.engine import AggregationResult
 from secagg.errors import AbortedError, ConfigError, SecAggError
 from secagg.flower.driver import EngineRound, RoundReport
-from secagg.flower.quantization import FlowerQuantizer, flat_size
+from secagg.flower.quantization import FlowerQuantizer, dp_fields, flat_size, split_shapes
 
 try:
     import flwr.compat.common.recorddict_compat as compat
@@ -71,6 +77,13 @@ class SecAggPlusWorkflow:
             ``verify_keys`` and a threshold with 2t > neighbours + ``tolerated_colluders``.
         verify_keys: node id -> the node's Ed25519 public key (32 bytes).
         tolerated_colluders: colluding nodes the active mode must tolerate.
+        dp_epsilon, dp_delta, dp_clip, dp_rounds, dp_bits: distributed DP (DDGauss, Kairouz, Liu
+            and Steinke 2021) instead of Flower's quantisation: each node clips its parameters to
+            L2 norm ``dp_clip``, rotates, rounds and adds discrete Gaussian noise, calibrated so
+            that any sum the server can learn (t + 1 nodes or more) meets (dp_epsilon, dp_delta)
+            over ``dp_rounds`` rounds; the result is the unweighted mean of the survivors.
+            ``dp_bits`` (24) is the modulus of the noisy sum; larger moduli make the calibrated
+            integer variance exceed what the exact sampler takes (2^51).
         hide_num_examples, hide_metrics: nodes replace their clear FitRes example count by 1
             and drop their metrics (the weight still enters the mean, inside the masked vector).
         executor, workers: a process pool for the server's mask regeneration.
@@ -96,6 +109,11 @@ class SecAggPlusWorkflow:
         tolerated_colluders: int = 0,
         hide_num_examples: bool = False,
         hide_metrics: bool = False,
+        dp_epsilon: float | None = None,
+        dp_delta: float = 1e-5,
+        dp_clip: float = 1.0,
+        dp_rounds: int = 1,
+        dp_bits: int = 24,
         executor: Executor | None = None,
         workers: int = 1,
     ) -> None:
@@ -114,6 +132,8 @@ class SecAggPlusWorkflow:
         self.tolerated_colluders = tolerated_colluders
         self.hide_num_examples = hide_num_examples
         self.hide_metrics = hide_metrics
+        self.dp_epsilon, self.dp_delta, self.dp_clip = dp_epsilon, dp_delta, dp_clip
+        self.dp_rounds, self.dp_bits = dp_rounds, dp_bits
         self.executor = executor
         self.workers = workers
         self.last_report: RoundReport | None = None
@@ -309,6 +329,25 @@ class _Round:
         ]
         g, t = wf.resolve(n)
         bits = wf.quantizer.modulus_bits(wf.modulus_range, n)
+        dim = flat_size(self.shapes)
+        self.dp: tuple[DDGaussParams, RandomizedHadamard] | None = None
+        rotation_seed = rng.token_bytes(16)
+        if wf.dp_epsilon is not None:
+            # The noise floor: every released sum holds at least t + 1 inputs (each survivor
+            # needs t surviving neighbours), and each node adds 1/(t + 1) of the variance.
+            params = DDGaussParams.calibrate(
+                wf.dp_epsilon,
+                wf.dp_delta,
+                wf.dp_rounds,
+                1.0,
+                wf.dp_clip,
+                dim - 1,
+                t + 1,
+                wf.dp_bits,
+                max_parties=n,
+            )
+            self.dp = (params, RandomizedHadamard(rotation_seed, dim - 1))
+            dim, bits = params.padded_dim, params.bits
         verify = None
         if wf.active:
             assert wf.verify_keys is not None
@@ -321,7 +360,7 @@ class _Round:
             round_index=self.current_round,
             graph=g,
             threshold=t,
-            dim=flat_size(self.shapes),
+            dim=dim,
             modulus_bits=bits,
             active=wf.active,
             verify_keys=verify,
@@ -336,6 +375,10 @@ class _Round:
             "hide_num_examples": wf.hide_num_examples,
             "hide_metrics": wf.hide_metrics,
         }
+        if self.dp is not None:
+            check_noise_floor(config, self.dp[0].min_parties)
+            meta["encoding"] = "ddgauss"
+            meta["dp"] = dp_fields(self.dp[0], rotation_seed)
         self.round = EngineRound(
             self.grid,
             config,
@@ -353,7 +396,18 @@ class _Round:
     def _finish(self, result: AggregationResult) -> None:
         wf, context = self.wf, self.context
         survivors = list(self.report.survivors)
-        aggregated = wf.quantizer.dequantize(result.total, len(survivors), self.shapes)
+        if self.dp is not None:
+            params, rotation = self.dp
+            flat = decode_sum(result.total, params, rotation) / len(survivors)
+            aggregated = split_shapes(flat, self.shapes)
+            log.info(
+                "distributed DP: epsilon %.3f at delta %g over %d rounds",
+                params.epsilon(wf.dp_delta, steps=wf.dp_rounds),
+                wf.dp_delta,
+                wf.dp_rounds,
+            )
+        else:
+            aggregated = wf.quantizer.dequantize(result.total, len(survivors), self.shapes)
         parameters = ndarrays_to_parameters(aggregated)
         results: list[tuple[ClientProxy, FitRes]] = []
         for nid in survivors:
