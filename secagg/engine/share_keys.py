@@ -204,7 +204,7 @@ class ShareRouter:
         targets = np.asarray(u2, dtype=np.int64)
         starts = np.searchsorted(by_receiver, targets, side="left").tolist()
         ends = np.searchsorted(by_receiver, targets, side="right").tolist()
-        routed = ciphertexts[order]
+        routed = ciphertexts[order].tolist()
         from_ = senders[order].tolist()
         return {
             v: ShareDelivery(
