@@ -199,6 +199,13 @@ def render(points: list[dict[str, Any]], out: Path) -> str:
         *lines,
         "",
     ]
+    md += [
+        "For reference, the issue's measurements before this work (same machine, another"
+        " time): n=2,000, d=100K: server 2.4 s, simulation 22 s, 280 MB; n=10,000, d=10K:"
+        " server 17.2 s (3.9 / 3.8 / 4.5 / 5.0 s per phase), simulation 99 s, 884 MB;"
+        " n=10,000, d=100K: server 18.1 s, simulation 88 s, 991 MB.",
+        "",
+    ]
     if base:
         md += [
             "Before issue 12 (same points, same run, library extracted at the baseline commit):",
