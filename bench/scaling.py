@@ -395,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--doc", type=Path, default=None, help="replace the scaling section of this markdown"
     )
+    parser.add_argument(
+        "--only-baseline", action="store_true", help="with --baseline: skip the current library"
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -415,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         subprocess.run(["tar", "-x", "-C", str(old_tree)], input=archive.stdout, check=True)
     for n, d in todo:
-        for tree in [None] + ([old_tree] if old_tree is not None else []):
+        trees = [] if args.only_baseline and old_tree is not None else [None]
+        for tree in trees + ([old_tree] if old_tree is not None else []):
             r = measure(n, d, args.workers, args.seed, tree)
             if tree is not None:
                 r["baseline_commit"] = args.baseline
