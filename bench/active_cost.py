@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 from typing import Any
@@ -78,7 +79,8 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
         f" {platform.python_version()}); 5% of parties drop before their masked input; the"
         " finder plans for 5% dropout and 5% corruption. Active"
         " and semi-honest rounds of each size run back to back in this one run; the finder picks"
-        " k and t for each mode (active needs 2t > k).",
+        " k and t for each mode (active needs 2t > k). Load average when the table was"
+        f" written: {os.getloadavg()[0]:.1f} (2 cores; other jobs may have been running).",
         "",
         "| n | d | graph | mode | k | t | party unmask step (ms) | party round (ms) |"
         " party download (KB) | signatures per request | server (s) | correct |",
