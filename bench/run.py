@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 from typing import Any
@@ -332,6 +333,14 @@ def markdown(results: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
+def _kept_sections(previous: str) -> str:
+    """Sections other benchmarks write between ``<!-- name:begin -->`` / ``<!-- name:end -->``
+    markers (Flower adapter, scaling, active mode): regenerating this table keeps them."""
+    kept = re.findall(r"<!-- ([\w-]+):begin -->.*?<!-- \1:end -->", previous, flags=re.S)
+    blocks = re.finditer(r"(<!-- ([\w-]+):begin -->.*?<!-- \2:end -->)", previous, flags=re.S)
+    return "".join("\n" + m.group(1) + "\n" for m in blocks) if kept else ""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
@@ -339,6 +348,10 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="write the markdown table here")
     parser.add_argument("--json", default=None, help="write the raw results here")
     args = parser.parse_args()
+    args.out_previous = ""
+    if args.out and os.path.exists(args.out):
+        with open(args.out) as fh:
+            args.out_previous = fh.read()
     with_flower = not args.no_flower and not args.quick
     if with_flower:
         try:
@@ -351,7 +364,7 @@ def main() -> int:
     text = markdown(results, command)
     if args.out:
         with open(args.out, "w") as fh:
-            fh.write(text)
+            fh.write(text + _kept_sections(args.out_previous))
     else:
         print(text)
     if args.json:
