@@ -184,7 +184,7 @@ def test_distributed_dp_training_reports_epsilon_within_target(
         "--parties",
         "5",
         "--rounds",
-        "4",
+        "8",
         "--dropout",
         "0.2",
         "--json",
