@@ -425,3 +425,29 @@ def test_after_a_local_mistake_every_call_names_the_failure() -> None:
             call()
     with pytest.raises(LocalProtocolError, match="this engine has failed"):
         client.receive(b"\x00")
+
+
+def test_signature_router_forwards_exactly_the_signers_within_3h() -> None:
+    """The server's indexed selection equals the definition (signers within 3h ring positions
+    of the recipient) on random rings and signer sets, wrap-around included."""
+    from secagg.engine.consistency import SignatureRouter, _ring_positions
+
+    checked = 0
+    for trial in range(30):
+        rng = np.random.default_rng(trial)
+        n = int(rng.integers(10, 80))
+        k = 2 * int(rng.integers(1, max(2, (2 * (n - 1) // 3) // 2)))
+        if k >= n - 1 or n < 3 * (k // 2) + 1:
+            continue
+        cfg, _ = make_config(n, t=k // 2 + 1, kind="harary", k=k, active=True)
+        chosen = rng.choice(n, size=int(rng.integers(1, n)), replace=False)
+        sigs = {int(p): bytes(64) for p in chosen}
+        router = SignatureRouter(cfg, sigs)
+        pos, h = _ring_positions(cfg), k // 2
+        for u in range(n):
+            got = [s.party for s in router.for_recipient(u)]
+            offsets = (pos[sorted(sigs)] - pos[u]) % n
+            want = [q for q, o in zip(sorted(sigs), offsets) if o <= 3 * h or o >= n - 3 * h]
+            assert got == want
+        checked += 1
+    assert checked >= 10

@@ -161,23 +161,60 @@ def certification_counts(
     return dict(zip(wanted, (window - own).tolist(), strict=True))
 
 
+class SignatureRouter:
+    """Which survivor-list signatures the server forwards to each recipient: enough to certify
+    the list at every party the recipient's reveals depend on (all within 2h ring positions of
+    it), and no more: t+1 signers on the complete graph, the signers within 3h ring positions on
+    a Harary ring. Signers are indexed by ring position once, so each recipient costs
+    O(log n + h), not O(n)."""
+
+    def __init__(self, config: RoundConfig, signatures: dict[int, bytes]) -> None:
+        self.config = config
+        self.signatures = signatures
+        signers = sorted(signatures)
+        self._complete = config.graph.kind == KIND_COMPLETE or config.graph.ring_half_width is None
+        if self._complete:
+            self._first = tuple(
+                PartySignature(p, signatures[p]) for p in signers[: config.threshold + 1]
+            )
+            return
+        self._position = _ring_positions(config)
+        at = self._position[np.asarray(signers, dtype=np.int64)]
+        order = np.argsort(at)
+        self._signer_positions = at[order]
+        self._signers_by_position = np.asarray(signers, dtype=np.int64)[order]
+
+    def for_recipient(self, recipient: int) -> tuple[PartySignature, ...]:
+        if self._complete:
+            return self._first
+        config = self.config
+        h = config.graph.ring_half_width
+        assert h is not None
+        n = config.num_parties
+        p = int(self._position[recipient])
+        lo, hi = p - 3 * h, p + 3 * h
+        positions = self._signer_positions
+        if hi - lo + 1 >= n:
+            picked = self._signers_by_position
+        else:
+            # The window [lo, hi] on the ring, split where it wraps.
+            ranges = [(lo % n, hi % n)] if lo % n <= hi % n else [(lo % n, n - 1), (0, hi % n)]
+            parts = [
+                self._signers_by_position[
+                    np.searchsorted(positions, a, "left") : np.searchsorted(positions, b, "right")
+                ]
+                for a, b in ranges
+            ]
+            picked = np.concatenate(parts)
+        chosen = sorted(picked.tolist())
+        return tuple(PartySignature(q, self.signatures[q]) for q in chosen)
+
+
 def signatures_for(
     config: RoundConfig, recipient: int, signatures: dict[int, bytes]
 ) -> tuple[PartySignature, ...]:
-    """The signatures the server forwards to ``recipient``: enough to certify the list at every
-    party the recipient's reveals depend on (all within 2h ring positions of it), and no more:
-    t+1 signers on the complete graph, the signers within 3h ring positions on a Harary ring."""
-    signers = sorted(signatures)
-    if config.graph.kind == KIND_COMPLETE or config.graph.ring_half_width is None:
-        chosen = signers[: config.threshold + 1]
-    else:
-        h = config.graph.ring_half_width
-        n = config.num_parties
-        position = _ring_positions(config)
-        offset = (position[np.asarray(signers, dtype=np.int64)] - position[recipient]) % n
-        near = (offset <= 3 * h) | (offset >= n - 3 * h)
-        chosen = [s for s, keep in zip(signers, near.tolist(), strict=True) if keep]
-    return tuple(PartySignature(p, signatures[p]) for p in chosen)
+    """:class:`SignatureRouter` for one recipient (tests and one-off callers)."""
+    return SignatureRouter(config, signatures).for_recipient(recipient)
 
 
 def max_forwarded_signatures(config: RoundConfig) -> int:

@@ -318,6 +318,7 @@ class ServerEngine(GuardedEngine):
             assert self._sum is not None
             for w in self._survivors:
                 partners[w] = wire.PartnerSet(w, self._peers[w], self._sum.partner_signatures[w])
+        router = consistency.SignatureRouter(cfg, self._signatures) if cfg.active else None
         return [
             wire.UnmaskRequest(
                 cfg.session_id,
@@ -326,9 +327,7 @@ class ServerEngine(GuardedEngine):
                 u,
                 survivors=self._survivors,
                 dropped=self._unmask_dropped,
-                signatures=consistency.signatures_for(cfg, u, self._signatures)
-                if cfg.active
-                else signatures,
+                signatures=router.for_recipient(u) if router is not None else signatures,
                 partner_sets=tuple(partners[w] for w in self._peers[u] if w in partners),
             )
             for u in recipients
