@@ -240,19 +240,12 @@ def check_certified(
         RemoteProtocolError: too many signatures, a signature by a non-survivor or an invalid
             one, or some x without t signing neighbours.
     """
-    assert config.verify_keys is not None
     if len(signatures) > max_forwarded_signatures(config):
         raise RemoteProtocolError(
             f"{len(signatures)} survivor-list signatures, more than the"
             f" {max_forwarded_signatures(config)} a party checks"
         )
-    alive = set(survivors)
-    payload = list_payload(config, survivors, dropped)
-    for item in signatures:
-        if item.party not in alive:
-            raise RemoteProtocolError(f"signature by party {item.party}, not a survivor")
-        if not keys.verify(config.verify_keys[item.party], item.signature, payload):
-            raise RemoteProtocolError(f"invalid survivor-list signature of party {item.party}")
+    _verify_list_signatures(config, survivors, dropped, signatures)
     counts = certification_counts(config, [s.party for s in signatures], parties)
     thin = sorted(x for x, count in counts.items() if count < config.threshold)
     if thin:
@@ -260,6 +253,23 @@ def check_certified(
             f"the survivor list is not certified at parties {thin[:5]}: fewer than"
             f" {config.threshold} of their neighbours signed it"
         )
+
+
+def _verify_list_signatures(
+    config: RoundConfig,
+    survivors: Sequence[int],
+    dropped: Sequence[int],
+    signatures: Sequence[PartySignature],
+) -> None:
+    """Every signature is by a survivor and valid over (U3, D')."""
+    assert config.verify_keys is not None
+    alive = set(survivors)
+    payload = list_payload(config, survivors, dropped)
+    for item in signatures:
+        if item.party not in alive:
+            raise RemoteProtocolError(f"signature by party {item.party}, not a survivor")
+        if not keys.verify(config.verify_keys[item.party], item.signature, payload):
+            raise RemoteProtocolError(f"invalid survivor-list signature of party {item.party}")
 
 
 def verify_legacy(
@@ -270,14 +280,7 @@ def verify_legacy(
 ) -> None:
     """The pre-issue-8 rule (insecure on sparse graphs), for :func:`legacy_rule_for_audit` only:
     any t valid signatures by survivors, wherever they sit in the graph."""
-    assert config.verify_keys is not None
-    alive = set(survivors)
-    payload = list_payload(config, survivors, dropped)
-    for item in signatures:
-        if item.party not in alive:
-            raise RemoteProtocolError(f"signature by party {item.party}, not a survivor")
-        if not keys.verify(config.verify_keys[item.party], item.signature, payload):
-            raise RemoteProtocolError(f"invalid survivor-list signature of party {item.party}")
+    _verify_list_signatures(config, survivors, dropped, signatures)
     if len({item.party for item in signatures}) < config.threshold:
         raise RemoteProtocolError(
             f"only {len(signatures)} survivor signatures, fewer than the threshold"

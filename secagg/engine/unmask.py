@@ -96,14 +96,10 @@ def weak_blocks(
     for b in layout.holdings[party]:
         alive = count(b)
         need = connectivity_degree(config, b) if strict else layout.min_holders - 1
-        masked_with = sum(1 for h in surviving_peers if b in _held_set(config, h))
+        masked_with = sum(1 for h in surviving_peers if b in layout.holding_sets[h])
         if alive < layout.min_holders or masked_with < need:
             weak.append(b)
     return weak
-
-
-def _held_set(config: RoundConfig, party: int) -> frozenset[int]:
-    return config.blocks.holding_sets[party]
 
 
 def lemma_checks(config: RoundConfig) -> bool:
