@@ -68,7 +68,11 @@ from secagg import encoding, graph
 from secagg.config import RoundConfig
 from secagg.crypto import prg, rng
 from secagg.dp.accounting import DEFAULT_ORDERS, calibrate_ddgauss, eps_from_rdp, rdp_ddgauss
-from secagg.dp.mechanisms import check_noise_floor, rounding_norm_bound
+from secagg.dp.mechanisms import (  # block_noise_floors: re-exported, it lived here first
+    block_noise_floors,
+    check_noise_floor,
+    rounding_norm_bound,
+)
 from secagg.errors import AbortedError, ConfigError, EncodingError
 from secagg.layout import BlockLayout, concat_ranges
 from secagg.sim import DropoutScript, aggregate_in_memory
@@ -263,26 +267,6 @@ class BlockRotation:
 # --------------------------------------------------------------------------------------------
 # Calibration
 # --------------------------------------------------------------------------------------------
-
-
-def block_noise_floors(
-    holders: IntArray, parties: int, threshold: int, min_holders: int
-) -> IntArray:
-    """How many of each block's holders are guaranteed to be in any sum the engine releases.
-
-    The engine completes a round only with at least t + 1 survivors (each survivor needs t
-    surviving neighbours holding shares of its self-mask seed; an honest party refuses with fewer)
-    and reveals a block only with at least ``min_holders`` surviving holders (the server and every
-    honest party check it before unmasking). So at most ``parties - t - 1`` parties drop, and
-    block b keeps at least ``max(min_holders, holders_b - (parties - t - 1))`` of its holders.
-    Blocks nobody holds get 0 (nothing is released for them).
-    """
-    h = np.asarray(holders, dtype=np.int64)
-    most_dropped = max(0, parties - threshold - 1)
-    floors = np.maximum(min_holders, h - most_dropped)
-    floors = np.minimum(floors, h)
-    out: IntArray = np.where(h > 0, floors, 0).astype(np.int64)
-    return out
 
 
 def _ceil_1024(value: Fraction) -> Fraction:

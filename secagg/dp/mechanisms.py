@@ -504,3 +504,88 @@ def check_noise_floor(config: RoundConfig, noise_parties: int) -> None:
             + (f", min_holders {config.blocks.min_holders}" if config.part_wise else "")
             + "): raise the threshold / min_holders or recalibrate the noise"
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Part-wise rounds: noise per block, calibrated to the block's guaranteed holders
+# --------------------------------------------------------------------------------------------
+
+
+def block_noise_floors(
+    holders: npt.ArrayLike, parties: int, threshold: int, min_holders: int
+) -> IntArray:
+    """How many of each block's holders are guaranteed to be in any sum the engine releases.
+
+    The engine completes a round only with at least t + 1 survivors (each survivor needs t
+    surviving neighbours holding shares of its self-mask seed; an honest party refuses with fewer)
+    and reveals a block only with at least ``min_holders`` surviving holders (the server and every
+    honest party check it before unmasking). So at most ``parties - t - 1`` parties drop, and
+    block b keeps at least ``max(min_holders, holders_b - (parties - t - 1))`` of its holders.
+    Blocks nobody holds get 0 (nothing is released for them).
+    """
+    h = np.asarray(holders, dtype=np.int64)
+    most_dropped = max(0, parties - threshold - 1)
+    floors = np.maximum(min_holders, h - most_dropped)
+    floors = np.minimum(floors, h)
+    out: IntArray = np.where(h > 0, floors, 0).astype(np.int64)
+    return out
+
+
+def block_sigma2(sigma2_total: int | Fraction, floors: npt.ArrayLike) -> list[Fraction]:
+    """Per-holder discrete Gaussian parameter of every block: ``ceil(T / floor_b)`` (multiples of
+    1/1024, rounded up), so the sum over any ``floor_b`` holders carries at least ``T``; a thinner
+    block gets more noise per holder, never less in total. Unheld blocks (floor 0) get 0.
+    """
+    total = _to_rational(sigma2_total)
+    if total <= 0:
+        raise ConfigError(f"sigma2_total must be positive, got {total}")
+    out = []
+    for f in np.asarray(floors, dtype=np.int64).tolist():
+        if f < 0:
+            raise ConfigError(f"a block's noise floor must be >= 0, got {f}")
+        out.append(Fraction(0) if f == 0 else max(_ceil_fraction(total / f), Fraction(1, 4)))
+    return out
+
+
+def encode_blocks(
+    values: npt.ArrayLike,
+    block_sizes: Sequence[int],
+    sigma2: Sequence[int | Fraction],
+    *,
+    clip: float,
+    scale: float,
+    norm_bound: float,
+    bits: int,
+    max_tries: int = 1000,
+) -> Words:
+    """One party's DDGauss message on its blocks (part-wise rounds, no rotation).
+
+    ``values`` are the party's blocks concatenated (``block_sizes[i]`` values for its i-th
+    block): clipped to L2 norm ``clip`` over the whole part, scaled by ``scale / clip``, rounded
+    conditionally so the integer vector's L2 norm is at most ``norm_bound`` (the sensitivity the
+    accountant uses, KLS 2021 section 4.1), then N_Z(0, ``sigma2[i]``) is added to every
+    coordinate of block i (exact sampler, CSPRNG, integers) and the result reduced mod 2^bits.
+    Without rotation one party's rounded coordinate is at most ``norm_bound`` in magnitude, so
+    the caller sizes the modulus deterministically for the signal (privacy never depends on it).
+    """
+    sizes = [int(s) for s in block_sizes]
+    if len(sigma2) != len(sizes):
+        raise EncodingError(f"{len(sizes)} blocks but {len(sigma2)} noise parameters")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ConfigError(f"scale must be positive and finite, got {scale}")
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if v.size != sum(sizes):
+        raise EncodingError(f"expected {sum(sizes)} values for the blocks, got {v.size}")
+    clipped = clip_l2(v, clip)
+    out = conditional_randomized_round(clipped * (scale / clip), norm_bound, max_tries)
+    starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+    lengths = np.asarray(sizes, dtype=np.int64)
+    for s2 in sorted(set(sigma2)):
+        chosen = np.flatnonzero([x == s2 for x in sigma2])
+        if _to_rational(s2) < Fraction(1, 4):
+            raise ConfigError(f"a held block needs sigma2 >= 1/4, got {s2}")
+        cols = np.concatenate(
+            [np.arange(starts[i], starts[i] + lengths[i], dtype=np.int64) for i in chosen]
+        )
+        out[cols] += _discrete_gaussian(s2, cols.size)
+    return to_ring(out, bits)
