@@ -587,5 +587,8 @@ def encode_blocks(
         cols = np.concatenate(
             [np.arange(starts[i], starts[i] + lengths[i], dtype=np.int64) for i in chosen]
         )
-        out[cols] += _discrete_gaussian(s2, cols.size)
+        try:
+            out[cols] += _discrete_gaussian(s2, cols.size)
+        except ValueError as exc:  # the exact sampler's range (numerator <= 2^51)
+            raise ConfigError(f"sigma2={s2} is outside the exact sampler's range: {exc}") from None
     return to_ring(out, bits)
