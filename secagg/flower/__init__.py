@@ -14,20 +14,30 @@ from secagg.config import ClientPolicy
 from secagg.errors import PolicyError
 from secagg.flower.driver import DEFAULT_STAGE_TIMEOUT, EngineRound, RoundReport
 from secagg.flower.mod import make_secaggplus_mod, secagg_mod, secaggplus_mod
-from secagg.flower.quantization import FlowerQuantizer
+from secagg.flower.quantization import FlowerQuantizer, UpdateLayout
 from secagg.flower.records import NamespaceError
-from secagg.flower.workflow import SecAggPlusWorkflow, SecAggWorkflow
+from secagg.flower.workflow import (
+    DropinReport,
+    PartwiseOptions,
+    PrivacyBudgetError,
+    SecAggPlusWorkflow,
+    SecAggWorkflow,
+)
 
 __all__ = [
     "DEFAULT_STAGE_TIMEOUT",
     "ClientPolicy",
+    "DropinReport",
     "EngineRound",
     "FlowerQuantizer",
     "NamespaceError",
+    "PartwiseOptions",
     "PolicyError",
+    "PrivacyBudgetError",
     "RoundReport",
     "SecAggPlusWorkflow",
     "SecAggWorkflow",
+    "UpdateLayout",
     "make_secaggplus_mod",
     "secagg_mod",
     "secaggplus_mod",

@@ -14,7 +14,9 @@ exception into an error reply, which the server treats as this node dropping out
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,12 +24,23 @@ import numpy as np
 
 from secagg import messages as wire
 from secagg.config import ClientPolicy, RoundConfig
-from secagg.dp.mechanisms import encode_client
+from secagg.dp.mechanisms import (
+    block_noise_floors,
+    block_sigma2,
+    encode_blocks,
+    encode_client,
+    rounding_norm_bound,
+)
 from secagg.encoding import FixedPointEncoder
 from secagg.engine import ClientEngine
 from secagg.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from secagg.flower import _codec, _compat, records
-from secagg.flower.quantization import FlowerQuantizer, dp_from_fields, flat_size
+from secagg.flower.quantization import (
+    FlowerQuantizer,
+    UpdateLayout,
+    dp_from_fields,
+    flat_size,
+)
 
 try:
     import flwr.compat.common.recorddict_compat as compat
@@ -172,8 +185,11 @@ class _NodeSession:
         party = node_ids.index(me)
         if meta.get("encoding", "flower") == "flower":
             quant = _quantizer(meta)
-            if flat_size(_shapes(meta)) != config.dim:
+            update = _update_layout(meta)
+            if flat_size(_shapes(meta)) != update.num_params + 1:
                 raise RemoteProtocolError("setup: parameter shapes do not match the vector length")
+            # The vector (and, part-wise, the blocks) must be the ones this layout fills.
+            update.check(config)
             needed = quant.modulus_bits(2**config.modulus_bits, config.num_parties)
             if needed > config.modulus_bits:
                 raise ConfigError(
@@ -230,17 +246,32 @@ class _NodeSession:
             params, rotation = dp_from_fields(cast(dict[str, Any], meta["dp"]))
             flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
             words = encode_client(flat, params, rotation)
+            secure_names: tuple[str, ...] = ()
         else:
-            quant = _quantizer(meta)
-            words = quant.quantize(arrays, fitres.num_examples, engine.config.modulus_bits)
+            update = _update_layout(meta)
+            secure_names = update.metric_names
+            layout = engine.config.layout
+            # Part-wise rounds: the node masks only the blocks it holds this round.
+            blocks = None if layout is None else layout.holdings[engine.party]
+            words = update.encode(
+                _quantizer(meta),
+                arrays,
+                fitres.num_examples,
+                fitres.metrics,
+                blocks,
+                engine.config.modulus_bits,
+            )
         engine.set_input(words)
         # Only the masked vector leaves the node; Flower's FitRes keeps its shape for the
         # strategy, with the example count and metrics hidden when the server asked for it.
+        # Securely aggregated metrics are inside the masked vector and never in the clear.
         fitres.parameters = Parameters(tensors=[], tensor_type="numpy.ndarray")
         if meta.get("hide_num_examples"):
             fitres.num_examples = 1
         if meta.get("hide_metrics"):
             fitres.metrics = {}
+        for name in secure_names:
+            fitres.metrics.pop(name, None)
         return compat.fitres_to_recorddict(fitres, keep_input=True)
 
     def _encode_update(
@@ -249,7 +280,11 @@ class _NodeSession:
         """Message-API training (the parameter-part app): the reply's ArrayRecord
         :data:`UPDATE_RECORD` holds ``values`` (the node's change on its part, in block order)
         and, with a count channel, ``uploaded`` (0/1 per value). Encoded in fixed point
-        (clip, scale, CSPRNG stochastic rounding), masked; the plaintext never leaves."""
+        (clip, scale, CSPRNG stochastic rounding), masked; the plaintext never leaves.
+
+        With distributed DP (``meta["dp"]``, :mod:`secagg.flower.partwise`) the change is
+        clipped to an L2 norm, scaled, rounded conditionally and every block gets its discrete
+        Gaussian noise in integers before masking, so no block sum is ever un-noised."""
         content = out_msg.content
         update = content.array_records.pop(UPDATE_RECORD, None)
         if update is None or "values" not in update:
@@ -257,17 +292,55 @@ class _NodeSession:
                 f"the ClientApp's reply lacks the ArrayRecord {UPDATE_RECORD!r} with 'values'"
             )
         config = engine.config
-        try:
-            encoder = FixedPointEncoder(
-                float(meta["clip"]),
-                int(meta["value_bits"]),
-                config.modulus_bits,
-                config.num_parties,
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RemoteProtocolError(f"setup: bad fixed-point parameters: {exc}") from None
         values = np.asarray(update["values"].numpy(), dtype=np.float64).ravel()
-        words = encoder.encode(values)
+        dp = meta.get("dp")
+        if dp is not None:
+            # Kairouz, Liu, Steinke 2021 on parts (issue 11's calibration): the node derives
+            # every block's noise floor (holders guaranteed in any released sum) from the
+            # configuration itself and adds ceil(T / floor) per coordinate of the block, so the
+            # server cannot give a thin block less noise. The count channel would be un-noised.
+            try:
+                fields = cast(dict[str, Any], dp)
+                clip, scale = float(fields["clip"]), float(fields["scale"])
+                beta, total = float(fields["beta"]), Fraction(str(fields["sigma2_total"]))
+            except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+                raise RemoteProtocolError(f"setup: bad distributed-DP parameters: {exc}") from None
+            if not (math.isfinite(clip) and clip > 0 and math.isfinite(scale) and scale > 0):
+                raise RemoteProtocolError(f"setup: dp clip={clip} and scale={scale} must be > 0")
+            if not (0 <= beta < 1 and total > 0) or meta.get("count_channel"):
+                raise RemoteProtocolError(
+                    f"setup: dp beta={beta}, sigma2_total={total}, count_channel="
+                    f"{meta.get('count_channel')!r} (must be [0, 1), > 0, off)"
+                )
+            layout = config.blocks
+            floors = block_noise_floors(
+                [len(h) for h in layout.holders],
+                config.num_parties,
+                config.threshold,
+                layout.min_holders,
+            )
+            sigma2 = block_sigma2(total, floors)
+            mine = layout.holdings[engine.party]
+            words = encode_blocks(
+                values,
+                [layout.block_sizes[b] for b in mine],
+                [sigma2[b] for b in mine],
+                clip=clip,
+                scale=scale,
+                norm_bound=rounding_norm_bound(scale, config.dim, beta),
+                bits=config.modulus_bits,
+            )
+        else:
+            try:
+                encoder = FixedPointEncoder(
+                    float(meta["clip"]),
+                    int(meta["value_bits"]),
+                    config.modulus_bits,
+                    config.num_parties,
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                raise RemoteProtocolError(f"setup: bad fixed-point parameters: {exc}") from None
+            words = encoder.encode(values)
         if meta.get("count_channel"):
             if "uploaded" not in update:
                 raise LocalProtocolError("the round has a count channel: send 'uploaded' flags")
@@ -281,7 +354,7 @@ class _NodeSession:
                 f"the update has {words.size} words, this node's part needs {expected}"
             )
         engine.set_input(words)
-        if meta.get("hide_metrics"):
+        if meta.get("hide_metrics") or dp is not None:  # metrics (row counts) are not noised
             for name in list(content.metric_records):
                 content.metric_records.pop(name)
         return content
@@ -354,6 +427,14 @@ def _quantizer(meta: dict[str, Any]) -> FlowerQuantizer:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise RemoteProtocolError(f"setup: bad quantisation parameters: {exc}") from None
+
+
+def _update_layout(meta: dict[str, Any]) -> UpdateLayout:
+    """The round's :class:`UpdateLayout` (Flower's plain layout when the server sent none)."""
+    fields = meta.get("update")
+    if fields is None:
+        return UpdateLayout(flat_size(_shapes(meta)) - 1)
+    return UpdateLayout.from_fields(fields)
 
 
 def _shapes(meta: dict[str, Any]) -> list[tuple[int, ...]]:

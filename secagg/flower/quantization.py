@@ -17,16 +17,22 @@ library. The sum must also fit: n Q < 2^B, so :func:`modulus_bits` widens Flower
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 import numpy.typing as npt
 
+from protocols.parameter_parts.selection import make_blocks
+from secagg.config import RoundConfig
 from secagg.crypto import rng
 from secagg.dp.mechanisms import DDGaussParams, RandomizedHadamard
 from secagg.encoding import MAX_MODULUS_BITS, word_dtype
-from secagg.errors import ConfigError, EncodingError
+from secagg.errors import ConfigError, EncodingError, LocalProtocolError, RemoteProtocolError
+from secagg.layout import concat_ranges
+
+FloatArray = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -74,12 +80,22 @@ class FlowerQuantizer:
         self, arrays: list[npt.NDArray[np.floating]], num_examples: int, modulus_bits: int
     ) -> npt.NDArray[np.unsignedinteger]:
         """The flat word vector ``[w, q(w/Q * x)]`` a node masks (Flower's layout)."""
+        q_ratio, values = self.scale_and_round(_flatten(arrays), num_examples)
+        out = np.empty(values.size + 1, dtype=word_dtype(modulus_bits))
+        out[0] = q_ratio
+        out[1:] = values
+        return out
+
+    def scale_and_round(
+        self, flat: npt.NDArray[np.float64], num_examples: int
+    ) -> tuple[int, npt.NDArray[np.uint64]]:
+        """Flower's weight factor ``w`` and ``q(w/Q * x)`` of every coordinate, in [0, Q].
+
+        Raises:
+            EncodingError: NaN or infinite values, or ``num_examples`` above ``max_weight``.
+        """
         q_ratio = self.weight_factor(num_examples)
         dq_ratio = q_ratio / self.quantization_range
-        flat = np.concatenate(
-            [np.asarray(a, dtype=np.float64).ravel() for a in arrays]
-            or [np.zeros(0, dtype=np.float64)]
-        )
         if not np.all(np.isfinite(flat)):
             raise EncodingError("cannot quantise NaN or infinite parameters")
         c, Q = self.clipping_range, self.quantization_range
@@ -89,10 +105,7 @@ class FlowerQuantizer:
         uniform = (rng.random_words(flat.size, np.uint64) >> np.uint64(11)).astype(np.float64)
         uniform *= 2.0**-53
         values = np.clip(floor + (uniform < scaled - floor), 0, Q).astype(np.uint64)
-        out = np.empty(flat.size + 1, dtype=word_dtype(modulus_bits))
-        out[0] = q_ratio
-        out[1:] = values
-        return out
+        return q_ratio, values
 
     def dequantize(
         self,
@@ -105,6 +118,16 @@ class FlowerQuantizer:
         Raises:
             EncodingError: the total weight is zero (no survivor reported any example).
         """
+        return split_shapes(self.dequantize_flat(total, survivors), shapes)
+
+    def dequantize_flat(
+        self, total: npt.NDArray[np.unsignedinteger], survivors: int
+    ) -> npt.NDArray[np.float64]:
+        """:meth:`dequantize` as one flat vector (every coordinate after the weight).
+
+        Raises:
+            EncodingError: the total weight is zero (no survivor reported any example).
+        """
         words = np.asarray(total, dtype=np.uint64)
         q_total = int(words[0])
         if q_total == 0:
@@ -112,13 +135,13 @@ class FlowerQuantizer:
         c, Q = self.clipping_range, self.quantization_range
         flat = words[1:].astype(np.float64) * (2 * c / Q) - survivors * c
         flat *= Q / q_total
-        out: list[npt.NDArray[np.float64]] = []
-        pos = 0
-        for shape in shapes:
-            size = math.prod(shape)
-            out.append(flat[pos : pos + size].reshape(shape))
-            pos += size
-        return out
+        return flat
+
+    def error_bound(self, summands: int, q_total: int) -> float:
+        """Largest error of one dequantised coordinate: one step ``2c/Q`` per summand from the
+        stochastic rounding, over the total weight (``q_total``, the sum of the survivors'
+        ``w``; divide by ``metric_scale`` for a securely aggregated metric)."""
+        return summands * 2.0 * self.clipping_range / q_total
 
     def modulus_bits(self, modulus_range: int, cohort: int) -> int:
         """B = log2(modulus_range), widened so that a sum of ``cohort`` values in [0, Q] fits.
@@ -141,6 +164,13 @@ class FlowerQuantizer:
                 " lower quantization_range"
             )
         return bits
+
+
+def _flatten(arrays: list[npt.NDArray[np.floating]]) -> npt.NDArray[np.float64]:
+    return np.concatenate(
+        [np.asarray(a, dtype=np.float64).ravel() for a in arrays]
+        or [np.zeros(0, dtype=np.float64)]
+    )
 
 
 def split_shapes(
@@ -201,3 +231,250 @@ def dp_from_fields(fields: dict[str, object]) -> tuple[DDGaussParams, Randomized
 def flat_size(shapes: list[tuple[int, ...]]) -> int:
     """Coordinates of the flat vector: 1 (the weight) + every parameter."""
     return 1 + sum(math.prod(s) for s in shapes)
+
+
+@dataclass(frozen=True)
+class UpdateLayout:
+    """Where a node's FitRes goes in the vector it masks: parameters, securely aggregated
+    metrics and, for part-wise rounds, per-block weights. Built by the workflow, sent to every
+    node at setup (:meth:`to_fields`) and checked by the node against the round configuration.
+
+    Whole-vector rounds (``block_size is None``) keep Flower's layout and append the metrics:
+    ``[w, q(w/Q x_1), ..., q(w/Q x_P), q(w/Q s m_1), ...]``, with ``s = c / metric_range`` (each
+    metric clipped to [-metric_range, metric_range], then carried on Flower's grid like a
+    parameter). Part-wise rounds cut the P parameters into blocks of ``block_size``
+    (:func:`protocols.parameter_parts.selection.make_blocks`); engine block b is
+    ``[w, q(w/Q x_b)]``, so the server learns each block's total weight over exactly the
+    surviving holders it learns the block's sum over, and the metrics, when any, form one last
+    block ``[w, q(w/Q s m)]`` held by every node.
+
+    Attributes:
+        num_params: P, the model's coordinates.
+        metric_names: the fit metrics aggregated inside the masked vector, in order.
+        metric_range: R, the largest absolute metric value carried unclipped.
+        block_size: coordinates per part-wise block, or None (the whole vector).
+    """
+
+    num_params: int
+    metric_names: tuple[str, ...] = ()
+    metric_range: float = 100.0
+    block_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_params, bool) or not isinstance(self.num_params, int):
+            raise ConfigError(f"num_params must be an integer, got {self.num_params!r}")
+        if self.num_params < 1:
+            raise ConfigError(f"num_params must be positive, got {self.num_params}")
+        if len(set(self.metric_names)) != len(self.metric_names) or not all(
+            isinstance(m, str) and m for m in self.metric_names
+        ):
+            raise ConfigError(
+                f"secure_metrics must be distinct non-empty names, got {self.metric_names!r}"
+            )
+        if not (math.isfinite(self.metric_range) and self.metric_range > 0):
+            raise ConfigError(
+                f"metric_range must be positive and finite, got {self.metric_range!r}"
+            )
+        if self.block_size is not None and (
+            isinstance(self.block_size, bool)
+            or not isinstance(self.block_size, int)
+            or self.block_size < 1
+        ):
+            raise ConfigError(f"block_size must be a positive integer, got {self.block_size!r}")
+
+    @property
+    def partwise(self) -> bool:
+        return self.block_size is not None
+
+    @property
+    def model_blocks(self) -> tuple[int, ...]:
+        """Coordinates of each part-wise model block (the whole model when not part-wise)."""
+        if self.block_size is None:
+            return (self.num_params,)
+        return tuple(make_blocks(self.num_params, (), "block", self.block_size))
+
+    @property
+    def engine_block_sizes(self) -> tuple[int, ...]:
+        """The engine's :class:`~secagg.layout.BlockLayout` block sizes (part-wise rounds):
+        every model block plus its weight word, then the metric block (if any metric)."""
+        sizes = tuple(s + 1 for s in self.model_blocks)
+        if self.metric_names:
+            sizes += (1 + len(self.metric_names),)
+        return sizes
+
+    @property
+    def dim(self) -> int:
+        """Length of the vector the engine sums."""
+        if self.block_size is None:
+            return 1 + self.num_params + len(self.metric_names)
+        return sum(self.engine_block_sizes)
+
+    def metric_scale(self, clipping_range: float) -> float:
+        """s = c / R: a metric of R lands on Flower's clipping bound c."""
+        return clipping_range / self.metric_range
+
+    def to_fields(self) -> dict[str, object]:
+        return {
+            "num_params": self.num_params,
+            "metric_names": list(self.metric_names),
+            "metric_range": float(self.metric_range),
+            "block_size": self.block_size,
+        }
+
+    @classmethod
+    def from_fields(cls, fields: object) -> UpdateLayout:
+        """Inverse of :meth:`to_fields`.
+
+        Raises:
+            RemoteProtocolError: malformed fields (they come from the server).
+        """
+        try:
+            if not isinstance(fields, dict):
+                raise TypeError("not a dict")
+            names = fields["metric_names"]
+            if not isinstance(names, list):
+                raise TypeError("metric_names is not a list")
+            return cls(
+                num_params=fields["num_params"],
+                metric_names=tuple(names),
+                metric_range=float(fields["metric_range"]),
+                block_size=fields["block_size"],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RemoteProtocolError(f"setup: malformed update layout: {exc}") from None
+
+    def check(self, config: RoundConfig) -> None:
+        """The node's check that the round configuration matches this layout.
+
+        Raises:
+            RemoteProtocolError: the configuration's vector or blocks disagree with the layout,
+                or the metric block is not held by every node.
+        """
+        layout = config.layout
+        if config.dim != self.dim:
+            raise RemoteProtocolError(
+                f"setup: the update layout needs {self.dim} coordinates, the round has"
+                f" {config.dim}"
+            )
+        if self.block_size is None:
+            if layout is not None and not layout.is_whole():
+                raise RemoteProtocolError("setup: a part-wise configuration for a whole update")
+            return
+        if layout is None or layout.block_sizes != self.engine_block_sizes:
+            raise RemoteProtocolError("setup: the round's blocks do not match the update layout")
+        metric_block = len(self.model_blocks)
+        if self.metric_names and any(metric_block not in h for h in layout.holding_sets):
+            # The metrics' mean must cover every survivor, never a subgroup.
+            raise RemoteProtocolError("setup: the metric block is not held by every node")
+
+    def metric_vector(self, metrics: Mapping[str, object], clipping_range: float) -> FloatArray:
+        """The node's metrics, clipped to [-R, R] and scaled by ``c / R``.
+
+        Raises:
+            LocalProtocolError: a metric is missing or not a number.
+            EncodingError: a metric is NaN or infinite.
+        """
+        out = np.empty(len(self.metric_names), dtype=np.float64)
+        for i, name in enumerate(self.metric_names):
+            value = metrics.get(name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                # The value itself stays out of the message: the error reply reaches the server.
+                raise LocalProtocolError(
+                    f"the ClientApp's fit returned no numeric metric {name!r}, which the round"
+                    " aggregates securely"
+                )
+            out[i] = float(value)
+        if not np.all(np.isfinite(out)):
+            raise EncodingError("a securely aggregated metric is NaN or infinite")
+        np.clip(out, -self.metric_range, self.metric_range, out=out)
+        return out * self.metric_scale(clipping_range)
+
+    def encode(
+        self,
+        quantizer: FlowerQuantizer,
+        arrays: list[npt.NDArray[np.floating]],
+        num_examples: int,
+        metrics: Mapping[str, object],
+        blocks: tuple[int, ...] | None,
+        modulus_bits: int,
+    ) -> npt.NDArray[np.unsignedinteger]:
+        """The words a node masks: its whole vector, or only its ``blocks`` (part-wise).
+
+        Raises:
+            LocalProtocolError: wrong number of parameters, or a missing metric.
+            EncodingError: see :meth:`FlowerQuantizer.scale_and_round`.
+        """
+        flat = _flatten(arrays)
+        if flat.size != self.num_params:
+            raise LocalProtocolError(
+                f"the ClientApp returned {flat.size} parameters, the round expects"
+                f" {self.num_params}"
+            )
+        extra = self.metric_vector(metrics, quantizer.clipping_range)
+        q_ratio, values = quantizer.scale_and_round(np.concatenate([flat, extra]), num_examples)
+        dtype = word_dtype(modulus_bits)
+        if self.block_size is None:
+            return np.concatenate([np.asarray([q_ratio], dtype=np.uint64), values]).astype(dtype)
+        # Block b covers values[offsets[b]:offsets[b + 1]]; the block after the model blocks
+        # is the metric block, values[P:].
+        ends = np.cumsum((*self.model_blocks, len(self.metric_names)))
+        offsets = np.concatenate([[0], ends])
+        pieces: list[npt.NDArray[np.uint64]] = []
+        weight = np.asarray([q_ratio], dtype=np.uint64)
+        for b in blocks if blocks is not None else range(len(self.engine_block_sizes)):
+            pieces += [weight, values[offsets[b] : offsets[b + 1]]]
+        return np.concatenate(pieces).astype(dtype)
+
+    def decode(
+        self,
+        quantizer: FlowerQuantizer,
+        total: npt.NDArray[np.unsignedinteger],
+        survivors: int,
+        block_survivors: tuple[int, ...],
+        current: npt.NDArray[np.float64],
+    ) -> tuple[npt.NDArray[np.float64], dict[str, float], npt.NDArray[np.int64]]:
+        """The server's side: per coordinate, the weighted mean over the survivors holding it.
+
+        Args:
+            total: the engine's sum.
+            survivors: nodes in the sum (whole-vector rounds).
+            block_survivors: per engine block, its surviving holders (part-wise rounds).
+            current: the global parameters, kept where a block has no surviving holder.
+
+        Returns:
+            (parameters, metrics' weighted means, surviving holders per parameter).
+
+        Raises:
+            EncodingError: the survivors' total weight is zero.
+        """
+        c, Q = quantizer.clipping_range, quantizer.quantization_range
+        words = np.asarray(total, dtype=np.uint64)
+        P, m = self.num_params, len(self.metric_names)
+        unscale = 1.0 / self.metric_scale(c)
+        if self.block_size is None:
+            whole = quantizer.dequantize_flat(words, survivors)
+            means = {
+                n: float(v) * unscale for n, v in zip(self.metric_names, whole[P:], strict=True)
+            }
+            return whole[:P], means, np.full(P, survivors, dtype=np.int64)
+        sizes = np.asarray(self.engine_block_sizes, dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes)])[:-1]
+        weights = words[starts].astype(np.float64)
+        holders = np.asarray(block_survivors, dtype=np.int64)
+        nb = len(self.model_blocks)
+        model = np.asarray(self.model_blocks, dtype=np.int64)
+        value_pos = concat_ranges(starts[:nb] + 1, model)
+        per_weight = np.repeat(weights[:nb], model)
+        per_holders = np.repeat(holders[:nb], model)
+        known = (per_holders > 0) & (per_weight > 0)
+        flat = words[value_pos].astype(np.float64) * (2 * c / Q) - per_holders * c
+        flat = np.where(known, flat * Q / np.where(known, per_weight, 1.0), current)
+        metrics: dict[str, float] = {}
+        if m:
+            w_m = float(weights[nb])
+            if w_m == 0:
+                raise EncodingError("the survivors' total weight is zero: no weighted mean exists")
+            seg = words[starts[nb] + 1 : starts[nb] + 1 + m].astype(np.float64)
+            mean = (seg * (2 * c / Q) - holders[nb] * c) * (Q / w_m) * unscale
+            metrics = {n: float(v) for n, v in zip(self.metric_names, mean, strict=True)}
+        return flat, metrics, np.where(known, per_holders, 0)

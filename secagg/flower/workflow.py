@@ -25,13 +25,19 @@ Mapping of Flower's parameters (docs/flower.md has the full table):
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import Any, cast
 
+import numpy as np
+import numpy.typing as npt
+
+from protocols.parameter_parts.selection import select_parts
 from secagg import graph as graphs
 from secagg.config import RoundConfig
 from secagg.crypto import rng
+from secagg.dp.accounting import RDPAccountant, eps_from_rdp
 from secagg.dp.mechanisms import (
     DDGaussParams,
     RandomizedHadamard,
@@ -41,7 +47,14 @@ from secagg.dp.mechanisms import (
 from secagg.engine import AggregationResult
 from secagg.errors import AbortedError, ConfigError, SecAggError
 from secagg.flower.driver import EngineRound, RoundReport
-from secagg.flower.quantization import FlowerQuantizer, dp_fields, flat_size, split_shapes
+from secagg.flower.quantization import (
+    FlowerQuantizer,
+    UpdateLayout,
+    dp_fields,
+    flat_size,
+    split_shapes,
+)
+from secagg.layout import BlockLayout
 
 try:
     import flwr.compat.common.recorddict_compat as compat
@@ -58,6 +71,77 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 log = logging.getLogger("secagg.flower")
+
+
+class PrivacyBudgetError(ConfigError):
+    """A distributed-DP round would spend more than the declared (dp_epsilon, dp_delta): the
+    workflow refuses it before sending anything, and the global model stays as it is."""
+
+
+@dataclass(frozen=True)
+class PartwiseOptions:
+    """Part-wise secure aggregation on the drop-in (``SecAggPlusWorkflow(partwise=...)``).
+
+    Each round the server cuts the flat model into blocks of ``block_size`` coordinates and
+    draws with the CSPRNG which blocks each sampled node uploads (about ``upload_fraction`` of
+    them; :func:`protocols.parameter_parts.selection.select_parts`): every drawn block gets at
+    least ``min_holders + margin`` holders, so up to ``margin`` of a block's holders may drop
+    before the engine refuses to reveal it. A node masks only its blocks; the server learns, per
+    block, the sum and the total weight over the block's surviving holders.
+
+    Attributes:
+        block_size: coordinates per block.
+        upload_fraction: the fraction of the blocks each node uploads, in (0, 1].
+        min_holders: no block sum over fewer surviving holders is ever revealed (>= 2, and
+            >= tolerated_colluders + 2: a sum of c colluders and one honest node is that node's
+            value).
+        margin: extra holders drawn per block for dropouts.
+    """
+
+    block_size: int = 1024
+    upload_fraction: float = 0.5
+    min_holders: int = 3
+    margin: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "min_holders", "margin"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"partwise {name} must be an integer, got {value!r}")
+        if self.block_size < 1:
+            raise ConfigError(f"partwise block_size must be positive, got {self.block_size}")
+        if self.min_holders < 2:
+            raise ConfigError(
+                f"partwise min_holders must be at least 2 (a sum of one holder is that holder's"
+                f" value), got {self.min_holders}"
+            )
+        if self.margin < 0:
+            raise ConfigError(f"partwise margin must be >= 0, got {self.margin}")
+        f = self.upload_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+            raise ConfigError(f"partwise upload_fraction must be in (0, 1], got {f!r}")
+
+
+@dataclass
+class DropinReport(RoundReport):
+    """:class:`RoundReport` plus what the drop-in's extras produced.
+
+    Attributes:
+        metrics: the survivors' weighted means of the securely aggregated metrics.
+        layout: part-wise rounds: the engine's blocks and who held which (party i is
+            ``sampled[i]``); the model blocks come first, the metric block (if any) last.
+        holders: part-wise rounds: surviving holders behind each parameter of the result
+            (0 where the parameter kept its global value).
+        dp_spent: distributed DP: (epsilon, delta) spent over the run so far, after this round.
+        exception: the typed error that halted or refused the round.
+    """
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    layout: BlockLayout | None = field(default=None, repr=False)
+    holders: npt.NDArray[np.int64] | None = field(default=None, repr=False)
+    dp_spent: tuple[float, float] | None = None
+    exception: SecAggError | None = field(default=None, repr=False)
+
 
 class SecAggPlusWorkflow:
     """Drop-in for ``flwr.server.workflow.SecAggPlusWorkflow`` (same positional and keyword
@@ -83,9 +167,22 @@ class SecAggPlusWorkflow:
             that any sum the server can learn (t + 1 nodes or more) meets (dp_epsilon, dp_delta)
             over ``dp_rounds`` rounds; the result is the unweighted mean of the survivors.
             ``dp_bits`` (24) is the modulus of the noisy sum; larger moduli make the calibrated
-            integer variance exceed what the exact sampler takes (2^51).
+            integer variance exceed what the exact sampler takes (2^51). An RDP accountant
+            (:attr:`accountant`) composes the released rounds; ``last_report.dp_spent`` is the
+            (epsilon, delta) spent so far, and a round that would exceed (dp_epsilon, dp_delta)
+            is refused before anything is sent (:class:`PrivacyBudgetError`).
         hide_num_examples, hide_metrics: nodes replace their clear FitRes example count by 1
             and drop their metrics (the weight still enters the mean, inside the masked vector).
+        secure_metrics: names of numeric fit metrics every node appends to its masked vector,
+            weighted by its example count (Flower's usual metric weighting) and carried on
+            Flower's grid after clipping to [-metric_range, metric_range]; the strategy and
+            ``last_report.metrics`` get only the survivors' weighted mean, never a node's value.
+            Error: at most ``survivors * 2 * metric_range / q_total`` (q_total the survivors'
+            quantised total weight, ``sum round(num_examples / max_weight * Q)``).
+        partwise: :class:`PartwiseOptions`: each node uploads only its random blocks of the
+            model; each parameter of the result is the weighted mean over the surviving holders
+            of its block (a block with no surviving holder keeps its global value). Uses the
+            complete graph (the safe choice for part-wise masking).
         executor, workers: a process pool for the server's mask regeneration.
     """
 
@@ -114,6 +211,9 @@ class SecAggPlusWorkflow:
         dp_clip: float = 1.0,
         dp_rounds: int = 1,
         dp_bits: int = 24,
+        secure_metrics: Sequence[str] | None = None,
+        metric_range: float = 100.0,
+        partwise: PartwiseOptions | None = None,
         executor: Executor | None = None,
         workers: int = 1,
     ) -> None:
@@ -134,9 +234,20 @@ class SecAggPlusWorkflow:
         self.hide_metrics = hide_metrics
         self.dp_epsilon, self.dp_delta, self.dp_clip = dp_epsilon, dp_delta, dp_clip
         self.dp_rounds, self.dp_bits = dp_rounds, dp_bits
+        if isinstance(secure_metrics, str):
+            raise ConfigError(
+                f"secure_metrics must be a sequence of metric names, got the string"
+                f" {secure_metrics!r} (write ({secure_metrics!r},))"
+            )
+        self.secure_metrics = tuple(secure_metrics or ())
+        self.metric_range = metric_range
+        self.partwise = partwise
         self.executor = executor
         self.workers = workers
-        self.last_report: RoundReport | None = None
+        self.last_report: DropinReport | None = None
+        #: RDP composed over the distributed-DP rounds released so far (Opacus' layout:
+        #: ``state_dict`` / ``load_state_dict`` to carry it across ServerApp restarts).
+        self.accountant = RDPAccountant()
         self._check_init_params()
 
     # -- Flower's parameter rules ---------------------------------------------------------
@@ -155,6 +266,24 @@ class SecAggPlusWorkflow:
             raise ConfigError(f"timeout must be a positive number or None, got {self.timeout!r}")
         if self.active and self.verify_keys is None:
             raise ConfigError("active=True needs verify_keys (node id -> Ed25519 public key)")
+        UpdateLayout(1, self.secure_metrics, self.metric_range)  # validates names and range
+        if self.partwise is not None and not isinstance(self.partwise, PartwiseOptions):
+            raise ConfigError(f"partwise must be a PartwiseOptions, got {self.partwise!r}")
+        if self.partwise is not None and self.partwise.min_holders < self.tolerated_colluders + 2:
+            raise ConfigError(
+                f"partwise min_holders={self.partwise.min_holders} must be at least"
+                f" tolerated_colluders + 2 = {self.tolerated_colluders + 2}"
+            )
+        if self.dp_epsilon is not None:
+            if self.secure_metrics or self.partwise is not None:
+                # Both would change the clipped vector whose sensitivity the noise covers.
+                raise ConfigError(
+                    "dp_epsilon cannot be combined with secure_metrics or partwise on the drop-in"
+                )
+            if not (isinstance(self.dp_epsilon, (int, float)) and self.dp_epsilon > 0):
+                raise ConfigError(f"dp_epsilon must be positive, got {self.dp_epsilon!r}")
+            if not 0 < self.dp_delta < 1:
+                raise ConfigError(f"dp_delta must be in (0, 1), got {self.dp_delta!r}")
         if self.num_shares == "auto":
             return
         if isinstance(self.num_shares, bool) or not isinstance(self.num_shares, (int, float)):
@@ -194,7 +323,9 @@ class SecAggPlusWorkflow:
         """
         if n < 3:
             raise ConfigError(f"secure aggregation needs at least 3 sampled nodes, got {n}")
-        complete = self.graph == graphs.KIND_COMPLETE
+        # Part-wise rounds use the complete graph: with a sparse one a block's holder may have
+        # no masked neighbour that also holds the block (ARCHITECTURE.md, part-wise pitfall).
+        complete = self.graph == graphs.KIND_COMPLETE or self.partwise is not None
         if self.num_shares == "auto":
             try:
                 if complete:
@@ -252,13 +383,14 @@ class SecAggPlusWorkflow:
         """Run one round of secure aggregation and update the global model (Flower's contract)."""
         if not isinstance(context, LegacyContext):
             raise TypeError(f"Expect a LegacyContext, but get {type(context).__name__}.")
-        report = RoundReport()
+        report = DropinReport()
         self.last_report = report
         log.info("Secure aggregation (secagg) commencing.")
         try:
             _Round(self, grid, context, report).run()
         except SecAggError as exc:
             report.error = f"{type(exc).__name__}: {exc}"
+            report.exception = exc
             log.error("Secure aggregation halted: %s", report.error)
             return
         log.info(
@@ -301,7 +433,7 @@ class _Round:
     """One round: configure_fit, the engine round over the Grid, aggregate_fit."""
 
     def __init__(
-        self, wf: SecAggPlusWorkflow, grid: Grid, context: LegacyContext, report: RoundReport
+        self, wf: SecAggPlusWorkflow, grid: Grid, context: LegacyContext, report: DropinReport
     ) -> None:
         self.wf, self.grid, self.context, self.report = wf, grid, context, report
         cfg = context.state.config_records[MAIN_CONFIGS_RECORD]
@@ -324,12 +456,19 @@ class _Round:
         self.proxies: dict[int, ClientProxy] = {p.node_id: p for p, _ in proxy_fitins}
         node_ids = sorted(fitins)
         n = len(node_ids)
-        self.shapes = [
-            tuple(a.shape) for a in parameters_to_ndarrays(proxy_fitins[0][1].parameters)
-        ]
+        arrays = parameters_to_ndarrays(proxy_fitins[0][1].parameters)
+        self.shapes = [tuple(a.shape) for a in arrays]
+        # Where a part-wise block has no surviving holder, the global value stays.
+        self.current = np.concatenate(
+            [np.asarray(a, dtype=np.float64).ravel() for a in arrays] or [np.zeros(0)]
+        )
         g, t = wf.resolve(n)
         bits = wf.quantizer.modulus_bits(wf.modulus_range, n)
         dim = flat_size(self.shapes)
+        block_size = wf.partwise.block_size if wf.partwise is not None else None
+        self.update = UpdateLayout(dim - 1, wf.secure_metrics, wf.metric_range, block_size)
+        layout = self._draw_layout(n) if wf.partwise is not None else None
+        self.report.layout = layout
         self.dp: tuple[DDGaussParams, RandomizedHadamard] | None = None
         rotation_seed = rng.token_bytes(16)
         if wf.dp_epsilon is not None:
@@ -346,8 +485,11 @@ class _Round:
                 wf.dp_bits,
                 max_parties=n,
             )
+            self._check_budget(params)
             self.dp = (params, RandomizedHadamard(rotation_seed, dim - 1))
             dim, bits = params.padded_dim, params.bits
+        else:
+            dim = self.update.dim
         verify = None
         if wf.active:
             assert wf.verify_keys is not None
@@ -364,6 +506,7 @@ class _Round:
             modulus_bits=bits,
             active=wf.active,
             verify_keys=verify,
+            layout=layout,
             tolerated_colluders=wf.tolerated_colluders,
         )
         meta = {
@@ -374,6 +517,7 @@ class _Round:
             "max_weight": float(wf.max_weight),
             "hide_num_examples": wf.hide_num_examples,
             "hide_metrics": wf.hide_metrics,
+            "update": self.update.to_fields(),
         }
         if self.dp is not None:
             check_noise_floor(config, self.dp[0].min_parties)
@@ -391,23 +535,90 @@ class _Round:
             executor=wf.executor,
             workers=wf.workers,
         )
-        self._finish(self.round.run())
+        result = self.round.run()
+        if self.dp is not None:
+            # The sum is now the server's: this round's release counts, whatever follows.
+            wf.accountant.step(self.dp[0].rdp(orders=wf.accountant.orders))
+            self.report.dp_spent = (wf.accountant.get_epsilon(wf.dp_delta), wf.dp_delta)
+        self._finish(result)
+
+    def _draw_layout(self, n: int) -> BlockLayout:
+        """The round's part-wise blocks: each node's random blocks (CSPRNG), every drawn block
+        with at least min_holders + margin holders, and the metric block held by every node.
+
+        Raises:
+            ConfigError: too few nodes for min_holders, or a layout the engine refuses.
+        """
+        opts = self.wf.partwise
+        assert opts is not None
+        if n < opts.min_holders:
+            raise ConfigError(
+                f"partwise min_holders={opts.min_holders} exceeds the {n} sampled nodes"
+            )
+        try:
+            selection = select_parts(
+                self.update.num_params,
+                (),
+                n,
+                opts.upload_fraction,
+                unit="block",
+                block_size=opts.block_size,
+                min_holders=min(n, opts.min_holders + opts.margin),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"partwise: {exc}") from None
+        assert selection.block_sizes == self.update.model_blocks
+        holdings = selection.holdings
+        if self.update.metric_names:
+            metric_block = selection.num_blocks
+            holdings = tuple((*h, metric_block) for h in holdings)
+        return BlockLayout(self.update.engine_block_sizes, holdings, min_holders=opts.min_holders)
+
+    def _check_budget(self, params: DDGaussParams) -> None:
+        """Refuse a round whose release would exceed (dp_epsilon, dp_delta) over the run.
+
+        Raises:
+            PrivacyBudgetError: before any message of the round is sent.
+        """
+        wf = self.wf
+        assert wf.dp_epsilon is not None
+        accountant = wf.accountant
+        spent = accountant.get_epsilon(wf.dp_delta) if accountant.steps else 0.0
+        self.report.dp_spent = (spent, wf.dp_delta)
+        after, _ = eps_from_rdp(
+            accountant.rdp + params.rdp(orders=accountant.orders), accountant.orders, wf.dp_delta
+        )
+        # A relative slack of 1e-9 absorbs float noise in the bisection of the calibration.
+        if not after <= wf.dp_epsilon * (1 + 1e-9):
+            raise PrivacyBudgetError(
+                f"round {self.current_round} would bring the spent epsilon to {after:.4g} at"
+                f" delta {wf.dp_delta:g}, above dp_epsilon={wf.dp_epsilon:g} (spent so far"
+                f" {spent:.4g} over {accountant.steps} rounds); the round was not run"
+            )
 
     def _finish(self, result: AggregationResult) -> None:
         wf, context = self.wf, self.context
         survivors = list(self.report.survivors)
+        means: dict[str, float] = {}
         if self.dp is not None:
             params, rotation = self.dp
             flat = decode_sum(result.total, params, rotation) / len(survivors)
             aggregated = split_shapes(flat, self.shapes)
+            assert self.report.dp_spent is not None
             log.info(
-                "distributed DP: epsilon %.3f at delta %g over %d rounds",
-                params.epsilon(wf.dp_delta, steps=wf.dp_rounds),
+                "distributed DP: epsilon %.3f at delta %g spent after %d rounds",
+                self.report.dp_spent[0],
                 wf.dp_delta,
-                wf.dp_rounds,
+                wf.accountant.steps,
             )
         else:
-            aggregated = wf.quantizer.dequantize(result.total, len(survivors), self.shapes)
+            flat, means, holders = self.update.decode(
+                wf.quantizer, result.total, len(survivors), result.block_survivors, self.current
+            )
+            aggregated = split_shapes(flat, self.shapes)
+            self.report.metrics = means
+            if self.update.partwise:
+                self.report.holders = holders
         parameters = ndarrays_to_parameters(aggregated)
         results: list[tuple[ClientProxy, FitRes]] = []
         for nid in survivors:
@@ -416,6 +627,9 @@ class _Round:
                 continue
             fitres = compat.recorddict_to_fitres(reply.content, keep_input=True)
             fitres.parameters = parameters
+            # Every survivor carries the secure means: any weighting of the survivors'
+            # metrics (a fit_metrics_aggregation_fn) returns exactly those means.
+            fitres.metrics.update(means)
             results.append((self.proxies[nid], fitres))
         log.info(
             "aggregate_fit: received %s results and %s failures",
@@ -430,5 +644,5 @@ class _Round:
                 parameters_aggregated, True
             )
             context.history.add_metrics_distributed_fit(
-                server_round=self.current_round, metrics=metrics_aggregated
+                server_round=self.current_round, metrics={**means, **metrics_aggregated}
             )
