@@ -48,6 +48,7 @@ from secagg.dp.mechanisms import (
 from secagg.errors import ConfigError
 from secagg.flower.driver import EngineRound, RoundReport
 from secagg.flower.mod import FIXED_POINT, UPDATE_RECORD
+from secagg.flower.workflow import PrivacyBudgetError  # one budget error for both Flower paths
 from secagg.layout import BlockLayout
 
 try:
@@ -69,11 +70,6 @@ __all__ = [
 
 #: The largest total variance T (integer domain) a round is calibrated to (see ``_calibrate``).
 _MAX_SIGMA2 = float(2**40)
-
-
-class PrivacyBudgetError(ConfigError):
-    """A distributed-DP round would spend more than the (epsilon, delta) budget: refused before
-    any node is contacted."""
 
 
 @dataclass(frozen=True)
