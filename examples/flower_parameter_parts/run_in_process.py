@@ -16,9 +16,10 @@ import argparse
 import json
 import logging
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 APP_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(APP_DIR))
