@@ -149,7 +149,7 @@ def test_partwise_result_is_the_weighted_mean_over_each_blocks_surviving_holders
                 uploaded[message.metadata.src_node_id] = msg.count
         return message
 
-    opts = PartwiseOptions(block_size=5, upload_fraction=0.4, min_holders=3, margin=2)
+    opts = PartwiseOptions(block_size=2, upload_fraction=0.4, min_holders=3, margin=2)
     wf = SecAggPlusWorkflow(5, 3, partwise=opts)
     initial = [np.full(s, 0.25) for s in SHAPES]
     got, _, _ = run(nodes, wf, initial=initial, drops=dropped, to_server=watch)
@@ -182,6 +182,45 @@ def test_partwise_result_is_the_weighted_mean_over_each_blocks_surviving_holders
         bound = FlowerQuantizer().error_bound(len(alive), int(q.sum())) * 1.01 + 1e-12
         assert np.max(np.abs(out[lo:hi] - expected)) <= bound
         assert np.all(holders[lo:hi] == len(alive))
+    # Why hide_num_examples needs weighted=False here: the per-block total weights over holder
+    # sets the server drew are a linear system in the nodes' weights.
+    assert report.total is not None
+    starts = np.concatenate([[0], np.cumsum(layout.block_sizes)])[:-1]
+    alive_parties = [p for p, nid in enumerate(report.sampled) if nid in survivors]
+    incidence = np.array(
+        [[b in layout.holding_sets[p] for p in alive_parties] for b in range(layout.num_blocks)],
+        dtype=np.float64,
+    )
+    # 19 random blocks over 10 survivors: full rank (0 failures in 2,000 draws of this layout).
+    assert np.linalg.matrix_rank(incidence) == len(alive_parties)
+    solved, *_ = np.linalg.lstsq(incidence, report.total[starts].astype(np.float64))
+    recovered = {report.sampled[p]: round(w) for p, w in zip(alive_parties, solved, strict=True)}
+    assert recovered == {v: nodes.q_weight(v) for v in recovered}
+
+
+def test_partwise_plain_mean_hides_the_example_counts() -> None:
+    with pytest.raises(ConfigError, match="weighted=False"):
+        SecAggPlusWorkflow(5, 3, partwise=PartwiseOptions(), hide_num_examples=True)
+    nodes = Nodes(10, seed=11)
+    opts = PartwiseOptions(block_size=5, upload_fraction=0.5, margin=2, weighted=False)
+    wf = SecAggPlusWorkflow(5, 3, partwise=opts, hide_num_examples=True)
+    got, _, _ = run(nodes, wf, drops={nodes.ids[4]: "collect_masked_vectors"})
+    report = wf.last_report
+    assert report is not None and report.error is None and report.layout is not None
+    assert report.total is not None and report.holders is not None
+    layout, survivors = report.layout, set(report.survivors)
+    starts = np.concatenate([[0], np.cumsum(layout.block_sizes)])
+    offsets = np.concatenate([[0], np.cumsum([s - 1 for s in layout.block_sizes])])
+    out = flat(got)
+    for b, block_holders in enumerate(layout.holders):
+        alive = [report.sampled[p] for p in block_holders if report.sampled[p] in survivors]
+        # Every weight word is Q: the server learns how many holders survived, nothing more.
+        assert int(report.total[starts[b]]) == len(alive) * Q
+        if alive:
+            lo, hi = int(offsets[b]), int(offsets[b + 1])
+            expected = np.mean([nodes.flat(v)[lo:hi] for v in alive], axis=0)
+            bound = FlowerQuantizer().error_bound(len(alive), len(alive) * Q) * 1.01
+            assert np.max(np.abs(out[lo:hi] - expected)) <= bound
 
 
 def test_a_block_below_min_holders_is_never_revealed() -> None:

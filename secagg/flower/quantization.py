@@ -61,7 +61,7 @@ class FlowerQuantizer:
         if not (math.isfinite(self.max_weight) and self.max_weight > 0):
             raise ConfigError(f"max_weight must be positive and finite, got {self.max_weight}")
 
-    def weight_factor(self, num_examples: int) -> int:
+    def weight_factor(self, num_examples: float) -> int:
         """Flower's quantised weight ``round(num_examples / max_weight * Q)``.
 
         Raises:
@@ -87,7 +87,7 @@ class FlowerQuantizer:
         return out
 
     def scale_and_round(
-        self, flat: npt.NDArray[np.float64], num_examples: int
+        self, flat: npt.NDArray[np.float64], num_examples: float
     ) -> tuple[int, npt.NDArray[np.uint64]]:
         """Flower's weight factor ``w`` and ``q(w/Q * x)`` of every coordinate, in [0, Q].
 
@@ -168,8 +168,7 @@ class FlowerQuantizer:
 
 def _flatten(arrays: list[npt.NDArray[np.floating]]) -> npt.NDArray[np.float64]:
     return np.concatenate(
-        [np.asarray(a, dtype=np.float64).ravel() for a in arrays]
-        or [np.zeros(0, dtype=np.float64)]
+        [np.asarray(a, dtype=np.float64).ravel() for a in arrays] or [np.zeros(0, dtype=np.float64)]
     )
 
 
@@ -216,9 +215,7 @@ def dp_from_fields(fields: dict[str, object]) -> tuple[DDGaussParams, Randomized
             min_parties=int(fields["min_parties"]),  # type: ignore[call-overload]
             dim=int(fields["dim"]),  # type: ignore[call-overload]
             beta=float(fields["beta"]),  # type: ignore[arg-type]
-            max_parties=None
-            if fields["max_parties"] is None
-            else int(fields["max_parties"]),  # type: ignore[call-overload]
+            max_parties=None if fields["max_parties"] is None else int(fields["max_parties"]),  # type: ignore[call-overload]
         )
         seed = fields["rotation_seed"]
         if not isinstance(seed, bytes):
@@ -253,12 +250,15 @@ class UpdateLayout:
         metric_names: the fit metrics aggregated inside the masked vector, in order.
         metric_range: R, the largest absolute metric value carried unclipped.
         block_size: coordinates per part-wise block, or None (the whole vector).
+        weighted: weight by ``num_examples`` (Flower's mean); False gives every node the weight
+            ``max_weight`` (the plain mean), so no sum of example counts is ever revealed.
     """
 
     num_params: int
     metric_names: tuple[str, ...] = ()
     metric_range: float = 100.0
     block_size: int | None = None
+    weighted: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.num_params, bool) or not isinstance(self.num_params, int):
@@ -281,6 +281,8 @@ class UpdateLayout:
             or self.block_size < 1
         ):
             raise ConfigError(f"block_size must be a positive integer, got {self.block_size!r}")
+        if not isinstance(self.weighted, bool):
+            raise ConfigError(f"weighted must be a bool, got {self.weighted!r}")
 
     @property
     def partwise(self) -> bool:
@@ -319,6 +321,7 @@ class UpdateLayout:
             "metric_names": list(self.metric_names),
             "metric_range": float(self.metric_range),
             "block_size": self.block_size,
+            "weighted": self.weighted,
         }
 
     @classmethod
@@ -339,6 +342,7 @@ class UpdateLayout:
                 metric_names=tuple(names),
                 metric_range=float(fields["metric_range"]),
                 block_size=fields["block_size"],
+                weighted=fields["weighted"],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RemoteProtocolError(f"setup: malformed update layout: {exc}") from None
@@ -353,8 +357,7 @@ class UpdateLayout:
         layout = config.layout
         if config.dim != self.dim:
             raise RemoteProtocolError(
-                f"setup: the update layout needs {self.dim} coordinates, the round has"
-                f" {config.dim}"
+                f"setup: the update layout needs {self.dim} coordinates, the round has {config.dim}"
             )
         if self.block_size is None:
             if layout is not None and not layout.is_whole():
@@ -411,7 +414,8 @@ class UpdateLayout:
                 f" {self.num_params}"
             )
         extra = self.metric_vector(metrics, quantizer.clipping_range)
-        q_ratio, values = quantizer.scale_and_round(np.concatenate([flat, extra]), num_examples)
+        examples = num_examples if self.weighted else quantizer.max_weight
+        q_ratio, values = quantizer.scale_and_round(np.concatenate([flat, extra]), examples)
         dtype = word_dtype(modulus_bits)
         if self.block_size is None:
             return np.concatenate([np.asarray([q_ratio], dtype=np.uint64), values]).astype(dtype)

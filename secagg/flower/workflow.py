@@ -96,12 +96,18 @@ class PartwiseOptions:
             >= tolerated_colluders + 2: a sum of c colluders and one honest node is that node's
             value).
         margin: extra holders drawn per block for dropouts.
+        weighted: each block's mean is weighted by the holders' ``num_examples`` (Flower's
+            mean), which reveals, per block, the total example count of its surviving holders.
+            The server knows who holds which block, so with more blocks than nodes these sums
+            determine each node's count: ``hide_num_examples=True`` needs ``weighted=False``
+            (the plain mean over each block's surviving holders).
     """
 
     block_size: int = 1024
     upload_fraction: float = 0.5
     min_holders: int = 3
     margin: int = 2
+    weighted: bool = True
 
     def __post_init__(self) -> None:
         for name in ("block_size", "min_holders", "margin"):
@@ -117,6 +123,8 @@ class PartwiseOptions:
             )
         if self.margin < 0:
             raise ConfigError(f"partwise margin must be >= 0, got {self.margin}")
+        if not isinstance(self.weighted, bool):
+            raise ConfigError(f"partwise weighted must be a bool, got {self.weighted!r}")
         f = self.upload_fraction
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
             raise ConfigError(f"partwise upload_fraction must be in (0, 1], got {f!r}")
@@ -269,6 +277,14 @@ class SecAggPlusWorkflow:
         UpdateLayout(1, self.secure_metrics, self.metric_range)  # validates names and range
         if self.partwise is not None and not isinstance(self.partwise, PartwiseOptions):
             raise ConfigError(f"partwise must be a PartwiseOptions, got {self.partwise!r}")
+        if self.partwise is not None and self.partwise.weighted and self.hide_num_examples:
+            # Per-block weight sums over holder sets the server chose form a linear system in
+            # the nodes' example counts: with more blocks than nodes it has one solution.
+            raise ConfigError(
+                "hide_num_examples=True cannot hold with partwise weighted means: the per-block"
+                " total weights determine each node's num_examples; use"
+                " PartwiseOptions(weighted=False)"
+            )
         if self.partwise is not None and self.partwise.min_holders < self.tolerated_colluders + 2:
             raise ConfigError(
                 f"partwise min_holders={self.partwise.min_holders} must be at least"
@@ -466,7 +482,10 @@ class _Round:
         bits = wf.quantizer.modulus_bits(wf.modulus_range, n)
         dim = flat_size(self.shapes)
         block_size = wf.partwise.block_size if wf.partwise is not None else None
-        self.update = UpdateLayout(dim - 1, wf.secure_metrics, wf.metric_range, block_size)
+        weighted = wf.partwise.weighted if wf.partwise is not None else True
+        self.update = UpdateLayout(
+            dim - 1, wf.secure_metrics, wf.metric_range, block_size, weighted
+        )
         layout = self._draw_layout(n) if wf.partwise is not None else None
         self.report.layout = layout
         self.dp: tuple[DDGaussParams, RandomizedHadamard] | None = None
