@@ -21,8 +21,8 @@ import functools
 import operator
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import MISSING, dataclass, field, fields
+from typing import ClassVar, TypeVar
 
 from secagg.errors import RemoteProtocolError
 
@@ -339,6 +339,45 @@ AnyMessage = (
     | UnmaskResponse
     | Abort
 )
+
+
+_M = TypeVar("_M", bound=Message)
+
+
+_FIELDS: dict[type, tuple[tuple[str, ...], dict[str, object]]] = {}
+
+
+def _defaults(cls: type[Message]) -> tuple[tuple[str, ...], dict[str, object]]:
+    known = _FIELDS.get(cls)
+    if known is None:
+        names = tuple(f.name for f in fields(cls))
+        defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+        known = _FIELDS[cls] = (names, defaults)
+    return known
+
+
+def trusted(cls: type[_M], *header: object, **values: object) -> _M:
+    """Build a message without re-running its field checks.
+
+    For messages an engine assembles from parts it already validated (a directory of accepted
+    key entries, the ciphertexts it routes, lists from its own state): at n = 10^4 the checks
+    cost as much as the routing itself (issue 12). Everything that crosses the wire is still
+    checked in full when it is decoded (:func:`decode`), by the parties and by the server.
+    """
+    names, defaults = _defaults(cls)
+    obj = object.__new__(cls)
+    state = dict(defaults)
+    if len(header) > len(names):
+        raise TypeError(f"{cls.__name__} takes {len(names)} fields, got {len(header)}")
+    state.update(zip(names[: len(header)], header, strict=True))
+    state.update(values)
+    if len(state) != len(names):
+        raise TypeError(
+            f"{cls.__name__} fields missing or unknown: {sorted(set(state) ^ set(names))}"
+        )
+    obj.__dict__.update(state)  # frozen dataclass: bypass its __setattr__ guard
+    return obj
+
 
 # ---------------------------------------------------------------------------------------------
 # Codec

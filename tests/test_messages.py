@@ -588,3 +588,27 @@ def test_single_bit_flip_never_silently_accepted_as_same(name: str, pos: int, bi
         return
     assert message != EXAMPLES[name]
     assert encode(message) == bytes(data)
+
+
+@pytest.mark.parametrize("name", list(EXAMPLES))
+def test_trusted_construction_equals_the_checked_one(name: str) -> None:
+    """``trusted`` (server-built messages skip re-validation) yields the very same message:
+    equal fields, defaults filled in, same wire bytes."""
+    from dataclasses import fields as dc_fields
+
+    message = EXAMPLES[name]
+    values = {f.name: getattr(message, f.name) for f in dc_fields(message)}
+    head = [values.pop(k) for k in ("session_id", "round_index", "sender", "recipient")]
+    built = msg.trusted(type(message), *head, **values)
+    assert built == message
+    assert encode(built) == ENCODED[name]
+    assert decode(encode(built)) == message
+
+
+def test_trusted_construction_refuses_unknown_or_missing_fields() -> None:
+    with pytest.raises(TypeError, match="missing or unknown"):
+        msg.trusted(msg.SurvivorSignature, b"s" * 16, 0, 1, SERVER)  # no signature
+    with pytest.raises(TypeError, match="missing or unknown"):
+        msg.trusted(msg.Abort, b"s" * 16, 0, 1, SERVER, reason="x", colour="red")
+    with pytest.raises(TypeError, match="takes"):
+        msg.trusted(msg.Abort, b"s" * 16, 0, 1, SERVER, "x", "y")

@@ -9,7 +9,7 @@ from typing import cast
 from secagg.config import RoundConfig
 from secagg.crypto import keys
 from secagg.errors import LocalProtocolError, RemoteProtocolError
-from secagg.messages import SERVER, AdvertiseKeys, KeyDirectory, KeyEntry
+from secagg.messages import SERVER, AdvertiseKeys, KeyDirectory, KeyEntry, trusted
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,8 @@ class KeyCollector:
             else:
                 entries = tuple(e for e in row if e is not None)
                 self.present_neighbors[party] = tuple(e.party for e in entries)
-            out[party] = KeyDirectory(
-                cfg.session_id, cfg.round_index, SERVER, party, entries=entries
+            # Accepted entries in neighbour order (sorted): nothing to re-check.
+            out[party] = trusted(
+                KeyDirectory, cfg.session_id, cfg.round_index, SERVER, party, entries=entries
             )
         return out

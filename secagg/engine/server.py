@@ -33,6 +33,7 @@ from secagg.engine.unmask import (
     AliveHolders,
     Unmasker,
     disconnected_blocks,
+    neighbourhood_view,
     owner_partner_floor,
     weak_blocks,
 )
@@ -319,6 +320,26 @@ class ServerEngine(GuardedEngine):
             for w in self._survivors:
                 partners[w] = wire.PartnerSet(w, self._peers[w], self._sum.partner_signatures[w])
         router = consistency.SignatureRouter(cfg, self._signatures) if cfg.active else None
+        if neighbourhood_view(cfg):
+            # SecAgg+ (Bell et al. 2020, section 3): a party needs only its own partners' fate,
+            # so the request costs O(k) to build, send and check instead of O(n) per party.
+            alive = set(self._survivors)
+            dropped = set(self._unmask_dropped)
+            requests: list[Message] = []
+            for u in recipients:
+                peers = self._peers[u]
+                requests.append(
+                    wire.trusted(  # lists from the server's own state, sorted: no re-check
+                        wire.UnmaskRequest,
+                        cfg.session_id,
+                        cfg.round_index,
+                        wire.SERVER,
+                        u,
+                        survivors=tuple(sorted([u, *(w for w in peers if w in alive)])),
+                        dropped=tuple(w for w in peers if w in dropped),
+                    )
+                )
+            return requests
         return [
             wire.UnmaskRequest(
                 cfg.session_id,

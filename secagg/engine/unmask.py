@@ -109,6 +109,21 @@ def lemma_checks(config: RoundConfig) -> bool:
     return (config.active or config.tolerated_colluders > 0) and not consistency.legacy_rule()
 
 
+def neighbourhood_view(config: RoundConfig) -> bool:
+    """Whether unmask requests name only the recipient and its own partners (survived or
+    dropped) instead of the whole survivor list.
+
+    A party's answer depends only on its partners' fate unless it must check other parties'
+    protection: in active mode it checks the signed global list, in part-wise rounds the
+    surviving holders of blocks, and with tolerated colluders its partners' partners. In the
+    remaining semi-honest whole-vector rounds the short list is SecAgg+'s O(log n) per-party
+    communication (Bell et al. 2020, section 3) and costs O(k) instead of O(n) to build, send
+    and check; the checks a party makes on it are the same (its partners all accounted for,
+    none both alive and dropped, t of them alive). Parties accept either form.
+    """
+    return not config.active and not config.part_wise and config.tolerated_colluders == 0
+
+
 def owner_partner_floor(config: RoundConfig) -> int:
     """The fewest surviving partners any revealed owner needs: t, and in whole-vector rounds
     under :func:`lemma_checks` also the connectivity degree of the one block."""
