@@ -34,6 +34,7 @@ from secagg.flower import (
     ClientPolicy,
     SecAggPlusWorkflow,
     SecAggWorkflow,
+    _compat,
     make_secaggplus_mod,
     records,
     secaggplus_mod,
@@ -321,8 +322,13 @@ def test_lying_server_overlapping_lists_are_refused_by_honest_nodes() -> None:
     cohort = Cohort(8, seed=10)
     target_party = 2
     revealed: list[wire.UnmaskResponse] = []
+    partners: list[frozenset[int]] = []
 
     def lie(message: Message) -> Message:
+        record = message.content.config_records.get(records.RECORD_KEY)
+        if record is not None and record.get("stage") == records.SETUP and not partners:
+            config = _compat.config_from_bytes(record["config"])
+            partners.append(frozenset(config.graph.neighbors[target_party]))
         msg = payload_of(message)
         if isinstance(msg, wire.UnmaskRequest):
             # Report the surviving target as dropped too: both its shares would come back.
@@ -341,10 +347,19 @@ def test_lying_server_overlapping_lists_are_refused_by_honest_nodes() -> None:
     wf = SecAggPlusWorkflow(5, 3)
     got, _ = run(cohort, wf, to_node=lie, to_server=watch)
     report = wf.last_report
-    assert report is not None and report.error is not None  # nobody answered the lie
-    assert not revealed  # no node revealed anything, least of all the target's mask key
-    assert len(report.refused) == len(cohort.ids)
+    assert report is not None and report.error is not None  # the round could not complete
+    # Every node holding shares of the target refused the overlapping lists; the others hold
+    # nothing of the target (unmask requests name only the recipient's partners, so a
+    # non-partner's answer is its ordinary one). No share of the target ever left a node.
+    party = {nid: i for i, nid in enumerate(report.sampled)}
+    refusers = {party[nid] for nid in report.refused}
+    assert partners and partners[0] <= refusers
     assert all("lists overlap" in why for why in report.refused.values())
+    assert all(m.sender not in partners[0] for m in revealed)
+    assert all(
+        target_party not in m.self_mask_owners and target_party not in m.mask_key_owners
+        for m in revealed
+    )
     assert all(np.all(g == 0) for g in got)
 
 
