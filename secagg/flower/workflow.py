@@ -20,6 +20,14 @@ Mapping of Flower's parameters (docs/flower.md has the full table):
 * The graph is a Harary graph on a CSPRNG permutation (not ``random.shuffle``), sent to every
   node in the configuration.
 * ``timeout=None`` means :data:`DEFAULT_STAGE_TIMEOUT` per stage, never "wait forever".
+
+Keyword-only extras beyond Flower's (docs/flower.md has the table): ``secure_metrics`` (named
+fit metrics ride inside the masked vector; only the survivors' weighted mean is learnt),
+``partwise`` (:class:`PartwiseOptions`: each node masks only its random blocks; per-block means
+over the surviving holders, ARCHITECTURE.md "Part-wise secure aggregation") and distributed DP
+with an RDP accountant across rounds that refuses the round past the budget
+(:class:`PrivacyBudgetError`). The vector layout both ends share is
+:class:`~secagg.flower.quantization.UpdateLayout`.
 """
 
 from __future__ import annotations
