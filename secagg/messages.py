@@ -356,27 +356,44 @@ def _defaults(cls: type[Message]) -> tuple[tuple[str, ...], dict[str, object]]:
     return known
 
 
+_SET_DICT = object.__setattr__
+
+
 def trusted(cls: type[_M], *header: object, **values: object) -> _M:
     """Build a message without re-running its field checks.
 
-    For messages an engine assembles from parts it already validated (a directory of accepted
-    key entries, the ciphertexts it routes, lists from its own state): at n = 10^4 the checks
-    cost as much as the routing itself (issue 12). Everything that crosses the wire is still
-    checked in full when it is decoded (:func:`decode`), by the parties and by the server.
+    For messages whose fields are already known to be valid: those an engine assembles from
+    parts it checked (a directory of accepted key entries, the ciphertexts it routes, lists
+    from its own state), and those :func:`decode` builds after checking exactly what the
+    field checks would (the wire layout guarantees the rest: fixed-size keys, one record per
+    id, records of one length). At n = 10^4 the repeated checks cost as much as the routing
+    itself (issue 12). ``tests/test_messages.py`` re-validates every decoded message.
     """
     names, defaults = _defaults(cls)
-    obj = object.__new__(cls)
-    state = dict(defaults)
-    if len(header) > len(names):
+    if len(header) == 4:  # the usual call: the header positionally, the body by keyword
+        values["session_id"], values["round_index"], values["sender"], values["recipient"] = header
+    elif len(header) <= len(names):
+        values.update(zip(names, header))  # noqa: B905 - fewer header values than names
+    else:
         raise TypeError(f"{cls.__name__} takes {len(names)} fields, got {len(header)}")
-    state.update(zip(names[: len(header)], header, strict=True))
-    state.update(values)
-    if len(state) != len(names):
-        raise TypeError(
-            f"{cls.__name__} fields missing or unknown: {sorted(set(state) ^ set(names))}"
-        )
-    obj.__dict__.update(state)  # frozen dataclass: bypass its __setattr__ guard
+    if len(values) != len(names):
+        values = {**defaults, **values}
+        if len(values) != len(names):
+            raise TypeError(
+                f"{cls.__name__} fields missing or unknown: {sorted(set(values) ^ set(names))}"
+            )
+    elif defaults and not defaults.keys() <= values.keys():
+        raise TypeError(f"{cls.__name__} fields missing or unknown: {sorted(values)}")
+    obj = object.__new__(cls)
+    _SET_DICT(obj, "__dict__", values)  # a frozen dataclass: bypass its __setattr__ guard
     return obj
+
+
+def _ids_ok(ids: Sequence[int]) -> bool:
+    """Strictly increasing party ids (what :func:`_check_sorted_unique` checks), as a test."""
+    return not ids or (
+        all(map(operator.lt, ids, ids[1:])) and ids[0] >= 0 and ids[-1] < MAX_PARTIES
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,6 +499,8 @@ class _Reader:
             return (), ()
         if size == 0:
             raise MessageDecodeError("empty records")
+        if size > MAX_RECORD_BYTES:
+            raise MessageDecodeError("record length out of range")
         ids = struct.unpack_from(f">{n}I", self.data, self.pos)  # n (4 + size) bytes remain
         self.pos += 4 * n
         blob = self.take(n * size)
@@ -627,10 +646,14 @@ def decode(data: bytes | bytearray | memoryview, *, max_bytes: int = MAX_WIRE_BY
         raise MessageDecodeError(f"unsupported wire version {version}")
     if length != len(data) - HEADER_BYTES:
         raise MessageDecodeError("body length does not match the header")
-    try:
-        kind = MessageType(mtype)
-    except ValueError:
-        raise MessageDecodeError(f"unknown message type {mtype}") from None
+    kind = _TYPES.get(mtype)
+    if kind is None:
+        raise MessageDecodeError(f"unknown message type {mtype}")
+    # The header checks of Message.__post_init__ (session id and round are fixed-size fields).
+    if not (sender < MAX_PARTIES or sender == SERVER) or not (
+        recipient < MAX_PARTIES or recipient == SERVER
+    ):
+        raise MessageDecodeError(f"invalid {kind.name}: party id out of range")
     r = _Reader(memoryview(data)[HEADER_BYTES:])
     head = (session, rnd, sender, recipient)
     try:
@@ -641,21 +664,42 @@ def decode(data: bytes | bytearray | memoryview, *, max_bytes: int = MAX_WIRE_BY
     return message
 
 
+_TYPES = {int(t): t for t in MessageType}
+
+
+def _invalid(kind: MessageType, why: str) -> MessageDecodeError:
+    return MessageDecodeError(f"invalid {kind.name}: {why}")
+
+
 def _read_body(kind: MessageType, r: _Reader, head: tuple[bytes, int, int, int]) -> AnyMessage:
+    # The hot message types are built with ``trusted`` after checking here exactly what their
+    # __post_init__ would check beyond what the layout guarantees (issue 12: the field checks
+    # ran twice per message). The others keep their checked constructors.
     if kind is MessageType.ADVERTISE_KEYS:
-        return AdvertiseKeys(*head, keys=_read_key(r))
+        entry = _read_key(r)
+        if entry.party != head[2]:
+            raise _invalid(kind, "advertised keys must be the sender's")
+        return trusted(AdvertiseKeys, *head, keys=entry)
     if kind is MessageType.KEY_DIRECTORY:
         n = r.count(69)
         return KeyDirectory(*head, entries=tuple(_read_key(r) for _ in range(n)))
     if kind is MessageType.ENCRYPTED_SHARES:
         commitment = r.take(COMMITMENT_BYTES)
         ids, records = r.records()
-        return EncryptedShares(
-            *head, receivers=ids, ciphertexts=records, self_mask_commitment=commitment
+        if not _ids_ok(ids):
+            raise _invalid(kind, "encrypted shares must be strictly increasing party ids")
+        return trusted(
+            EncryptedShares,
+            *head,
+            receivers=ids,
+            ciphertexts=records,
+            self_mask_commitment=commitment,
         )
     if kind is MessageType.SHARE_DELIVERY:
         ids, records = r.records()
-        return ShareDelivery(*head, senders=ids, ciphertexts=records)
+        if not _ids_ok(ids):
+            raise _invalid(kind, "share delivery must be strictly increasing party ids")
+        return trusted(ShareDelivery, *head, senders=ids, ciphertexts=records)
     if kind is MessageType.MASKED_INPUT:
         bits, count = r.u8(), r.u32()
         peers = r.ids()
@@ -663,8 +707,13 @@ def _read_body(kind: MessageType, r: _Reader, head: tuple[bytes, int, int, int])
         if sig_len not in (0, SIGNATURE_BYTES):
             raise MessageDecodeError("bad signature length")
         peers_signature = r.take(sig_len)
+        if not 2 <= bits <= 64:
+            raise _invalid(kind, "bad modulus_bits or count")
+        if not _ids_ok(peers):
+            raise _invalid(kind, "peers must be strictly increasing party ids")
         size = (count * bits + 7) // 8
-        return MaskedInput(
+        return trusted(
+            MaskedInput,
             *head,
             modulus_bits=bits,
             count=count,
@@ -694,7 +743,14 @@ def _read_body(kind: MessageType, r: _Reader, head: tuple[bytes, int, int, int])
     if kind is MessageType.UNMASK_RESPONSE:
         self_owners, self_shares = r.records()
         key_owners, key_shares = r.records()
-        return UnmaskResponse(
+        if not (_ids_ok(self_owners) and _ids_ok(key_owners)):
+            raise _invalid(kind, "share owners must be strictly increasing party ids")
+        if key_owners and self_owners and not set(self_owners).isdisjoint(key_owners):
+            raise _invalid(
+                kind, "a party's self-mask and mask-key shares must never be revealed both"
+            )
+        return trusted(
+            UnmaskResponse,
             *head,
             self_mask_owners=self_owners,
             self_mask_shares=self_shares,

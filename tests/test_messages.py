@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Callable
 
@@ -501,6 +502,9 @@ def _check_invariant(data: bytes) -> None:
         return
     assert encode(message) == bytes(data)
     assert decode(encode(message)) == message
+    # decode() builds the hot message types without their field checks (messages.trusted),
+    # after checking the same conditions itself: the full checks must accept what it returns.
+    assert dataclasses.replace(message) == message
 
 
 FUZZ = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -524,7 +528,9 @@ def test_fuzz_valid_header_arbitrary_body(mtype: int, head: bytes, body: bytes) 
     rnd, sender, recipient = struct.unpack(">QII", rest)
     if head[0] % 2:  # half the time: plausible party ids so validation passes more often
         sender, recipient = sender % 8, SERVER
-    header = struct.pack(">4sBB16sQIII", b"SAGG", 1, mtype, sid, rnd, sender, recipient, len(body))
+    header = struct.pack(
+        ">4sBB16sQIII", b"SAGG", VERSION, mtype, sid, rnd, sender, recipient, len(body)
+    )
     _check_invariant(header + body)
 
 
@@ -612,3 +618,61 @@ def test_trusted_construction_refuses_unknown_or_missing_fields() -> None:
         msg.trusted(msg.Abort, b"s" * 16, 0, 1, SERVER, reason="x", colour="red")
     with pytest.raises(TypeError, match="takes"):
         msg.trusted(msg.Abort, b"s" * 16, 0, 1, SERVER, "x", "y")
+
+
+def _invalid_but_encodable() -> dict[str, msg.Message]:
+    """Messages the field checks refuse, built with ``trusted`` so that they can be encoded:
+    decode() must refuse each (it checks these conditions itself before building them)."""
+    ex = EXAMPLES
+    head = dict(HEAD)
+    sid, rnd = head["session_id"], head["round_index"]
+    return {
+        "shares unsorted": msg.trusted(
+            EncryptedShares, sid, rnd, 3, SERVER, receivers=(5, 4),
+            ciphertexts=(b"a" * 40, b"b" * 40), self_mask_commitment=bytes(32),
+        ),
+        "shares duplicate": msg.trusted(
+            EncryptedShares, sid, rnd, 3, SERVER, receivers=(4, 4),
+            ciphertexts=(b"a" * 40, b"b" * 40), self_mask_commitment=bytes(32),
+        ),
+        "shares party range": msg.trusted(
+            EncryptedShares, sid, rnd, 3, SERVER, receivers=(4, MAX_PARTIES),
+            ciphertexts=(b"a" * 40, b"b" * 40), self_mask_commitment=bytes(32),
+        ),
+        "shares record too long": msg.trusted(
+            EncryptedShares, sid, rnd, 3, SERVER, receivers=(4,),
+            ciphertexts=(b"a" * 4097,), self_mask_commitment=bytes(32),
+        ),
+        "delivery unsorted": msg.trusted(
+            ShareDelivery, sid, rnd, SERVER, 1, senders=(7, 2), ciphertexts=(b"x" * 9,) * 2
+        ),
+        "masked bits": msg.trusted(
+            MaskedInput, sid, rnd, 3, SERVER, modulus_bits=1, count=8, payload=b"\x00"
+        ),
+        "masked peers unsorted": msg.trusted(
+            MaskedInput, sid, rnd, 3, SERVER, modulus_bits=8, count=1, payload=b"\x00",
+            peers=(2, 1),
+        ),
+        "unmask both shares": msg.trusted(
+            UnmaskResponse, sid, rnd, 3, SERVER, self_mask_owners=(1, 4),
+            self_mask_shares=(b"s" * 8,) * 2, mask_key_owners=(4,), mask_key_shares=(b"k" * 8,),
+        ),
+        "unmask unsorted": msg.trusted(
+            UnmaskResponse, sid, rnd, 3, SERVER, self_mask_owners=(4, 1),
+            self_mask_shares=(b"s" * 8,) * 2, mask_key_owners=(), mask_key_shares=(),
+        ),
+        "advertise other party": msg.trusted(
+            AdvertiseKeys, sid, rnd, 3, SERVER, keys=ex["advertise"].keys.__class__(
+                4, bytes(32), bytes(32)
+            ),
+        ),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(_invalid_but_encodable()))
+def test_decode_refuses_what_the_field_checks_refuse(case: str) -> None:
+    message = _invalid_but_encodable()[case]
+    with pytest.raises(ValueError):
+        dataclasses.replace(message)  # the checked constructor refuses it...
+    with pytest.raises(MessageDecodeError):
+        decode(encode(message))  # ...and so does decode(), which builds it without them

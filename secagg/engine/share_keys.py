@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import operator
 import struct
 from dataclasses import dataclass, field
 
@@ -194,8 +195,6 @@ class ShareRouter:
             count=sum(counts),
         )
         senders = np.repeat(np.asarray(u2, dtype=np.int64), counts)
-        ciphertexts = np.empty(len(receivers), dtype=object)  # references, no copies
-        ciphertexts[:] = list(itertools.chain.from_iterable(self.sealed[u] for u in u2))
         in_u2 = np.zeros(cfg.num_parties, dtype=bool)
         in_u2[u2] = True
         kept = np.flatnonzero(in_u2[receivers])
@@ -204,8 +203,14 @@ class ShareRouter:
         targets = np.asarray(u2, dtype=np.int64)
         starts = np.searchsorted(by_receiver, targets, side="left").tolist()
         ends = np.searchsorted(by_receiver, targets, side="right").tolist()
-        routed = ciphertexts[order].tolist()
-        from_ = senders[order].tolist()
+        # Reorder the ciphertext references in C (itemgetter over a flat tuple): no copies, and
+        # the tuples each delivery needs are slices of one tuple.
+        flat = tuple(itertools.chain.from_iterable(self.sealed[u] for u in u2))
+        picks = order.tolist()
+        routed: tuple[bytes, ...] = (
+            operator.itemgetter(*picks)(flat) if len(picks) > 1 else tuple(flat[i] for i in picks)
+        )
+        from_ = tuple(senders[order].tolist())
         return {
             # Checked ciphertexts, senders ascending by the stable sort: nothing to re-check.
             v: trusted(
@@ -214,8 +219,8 @@ class ShareRouter:
                 cfg.round_index,
                 SERVER,
                 v,
-                senders=tuple(from_[a:b]),
-                ciphertexts=tuple(routed[a:b]),
+                senders=from_[a:b],
+                ciphertexts=routed[a:b],
             )
             for v, a, b in zip(u2, starts, ends, strict=True)
         }
