@@ -487,3 +487,22 @@ def test_dp_accountant_composes_rounds_and_refuses_the_round_past_the_budget() -
     assert r3.dp_spent == r2.dp_spent and wf.accountant.steps == 2
     for a, b in zip(p2, p3, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_draw_holdings_gives_every_block_zero_or_min_holders_uniformly() -> None:
+    from secagg.flower.workflow import draw_holdings
+
+    counts = np.zeros((6, 10))
+    for _ in range(400):
+        holdings = draw_holdings(10, 6, 0.3, 4)
+        per_block = np.bincount([b for h in holdings for b in h], minlength=10)
+        assert np.all((per_block == 0) | (per_block >= 4))
+        assert all(len(h) >= 3 and list(h) == sorted(set(h)) for h in holdings)
+        for p, h in enumerate(holdings):
+            counts[p, list(h)] += 1
+    # No party and no block is favoured (repair adds holders uniformly among non-holders):
+    # every (party, block) frequency is within 6 standard deviations of their common mean.
+    freq = counts / 400
+    assert np.max(np.abs(freq - freq.mean())) < 6 * np.sqrt(freq.mean() * (1 - freq.mean()) / 400)
+    with pytest.raises(ConfigError, match="min_holders=7"):
+        draw_holdings(10, 6, 0.3, 7)

@@ -24,7 +24,6 @@ from fractions import Fraction
 import numpy as np
 import numpy.typing as npt
 
-from protocols.parameter_parts.selection import make_blocks
 from secagg.config import RoundConfig
 from secagg.crypto import rng
 from secagg.dp.mechanisms import DDGaussParams, RandomizedHadamard
@@ -239,8 +238,8 @@ class UpdateLayout:
     Whole-vector rounds (``block_size is None``) keep Flower's layout and append the metrics:
     ``[w, q(w/Q x_1), ..., q(w/Q x_P), q(w/Q s m_1), ...]``, with ``s = c / metric_range`` (each
     metric clipped to [-metric_range, metric_range], then carried on Flower's grid like a
-    parameter). Part-wise rounds cut the P parameters into blocks of ``block_size``
-    (:func:`protocols.parameter_parts.selection.make_blocks`); engine block b is
+    parameter). Part-wise rounds cut the P parameters into consecutive blocks of ``block_size``
+    (the last one shorter); engine block b is
     ``[w, q(w/Q x_b)]``, so the server learns each block's total weight over exactly the
     surviving holders it learns the block's sum over, and the metrics, when any, form one last
     block ``[w, q(w/Q s m)]`` held by every node.
@@ -293,7 +292,8 @@ class UpdateLayout:
         """Coordinates of each part-wise model block (the whole model when not part-wise)."""
         if self.block_size is None:
             return (self.num_params,)
-        return tuple(make_blocks(self.num_params, (), "block", self.block_size))
+        full, rest = divmod(self.num_params, self.block_size)
+        return (self.block_size,) * full + ((rest,) if rest else ())
 
     @property
     def engine_block_sizes(self) -> tuple[int, ...]:

@@ -41,7 +41,6 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from protocols.parameter_parts.selection import select_parts
 from secagg import graph as graphs
 from secagg.config import RoundConfig
 from secagg.crypto import rng
@@ -92,8 +91,8 @@ class PartwiseOptions:
 
     Each round the server cuts the flat model into blocks of ``block_size`` coordinates and
     draws with the CSPRNG which blocks each sampled node uploads (about ``upload_fraction`` of
-    them; :func:`protocols.parameter_parts.selection.select_parts`): every drawn block gets at
-    least ``min_holders + margin`` holders, so up to ``margin`` of a block's holders may drop
+    them, :func:`draw_holdings`): every drawn block gets at least ``min_holders + margin``
+    holders, so up to ``margin`` of a block's holders may drop
     before the engine refuses to reveal it. A node masks only its blocks; the server learns, per
     block, the sum and the total weight over the block's surviving holders.
 
@@ -453,6 +452,40 @@ class SecAggWorkflow(SecAggPlusWorkflow):
         )
 
 
+def draw_holdings(
+    num_blocks: int, parties: int, fraction: float, min_holders: int
+) -> tuple[tuple[int, ...], ...]:
+    """Every party's random blocks, from the CSPRNG, each block held by 0 or >= ``min_holders``.
+
+    Each party gets ``max(1, round(fraction * num_blocks))`` distinct blocks, uniformly at random
+    and independently of the others (a predictable or steerable choice would let colluders plan
+    who shares a block); then every block with 1..min_holders-1 holders gets uniformly random
+    extra holders, so no block sum is ever over too few parties and no drawn block is dropped
+    from training (the rule of ``protocols.parameter_parts.selection``, which the engine layer
+    does not import).
+
+    Raises:
+        ConfigError: ``min_holders`` exceeds ``parties`` or the arguments are out of range.
+    """
+    if not 1 <= min_holders <= parties:
+        raise ConfigError(f"min_holders={min_holders} must be in [1, parties={parties}]")
+    if num_blocks < 1 or not 0 < fraction <= 1:
+        raise ConfigError(f"need blocks >= 1 and fraction in (0, 1], got {num_blocks}, {fraction}")
+    per_party = min(num_blocks, max(1, round(fraction * num_blocks)))
+    held = np.zeros((parties, num_blocks), dtype=bool)
+    for p in range(parties):
+        # The per_party smallest of independent uniform 64-bit keys: a uniform random subset
+        # (up to key collisions, probability below num_blocks^2 / 2^65).
+        keys = rng.random_words(num_blocks, np.uint64)
+        held[p, np.argpartition(keys, per_party - 1)[:per_party]] = True
+    counts = held.sum(axis=0)
+    for b in np.flatnonzero((counts > 0) & (counts < min_holders)):
+        keys = rng.random_words(parties, np.uint64) >> np.uint64(1)
+        keys[held[:, b]] = np.iinfo(np.uint64).max  # current holders sort last
+        held[np.argsort(keys, kind="stable")[: min_holders - int(counts[b])], b] = True
+    return tuple(tuple(int(b) for b in np.flatnonzero(row)) for row in held)
+
+
 class _Round:
     """One round: configure_fit, the engine round over the Grid, aggregate_fit."""
 
@@ -582,23 +615,12 @@ class _Round:
             raise ConfigError(
                 f"partwise min_holders={opts.min_holders} exceeds the {n} sampled nodes"
             )
-        try:
-            selection = select_parts(
-                self.update.num_params,
-                (),
-                n,
-                opts.upload_fraction,
-                unit="block",
-                block_size=opts.block_size,
-                min_holders=min(n, opts.min_holders + opts.margin),
-            )
-        except ValueError as exc:
-            raise ConfigError(f"partwise: {exc}") from None
-        assert selection.block_sizes == self.update.model_blocks
-        holdings = selection.holdings
+        nb = len(self.update.model_blocks)
+        holdings = draw_holdings(
+            nb, n, opts.upload_fraction, min(n, opts.min_holders + opts.margin)
+        )
         if self.update.metric_names:
-            metric_block = selection.num_blocks
-            holdings = tuple((*h, metric_block) for h in holdings)
+            holdings = tuple((*h, nb) for h in holdings)
         return BlockLayout(self.update.engine_block_sizes, holdings, min_holders=opts.min_holders)
 
     def _check_budget(self, params: DDGaussParams) -> None:
