@@ -550,20 +550,38 @@ def _collect(answers: Mapping[int, Answer | None], v: int) -> tuple[set[int], se
     return seeds, mkeys
 
 
-@pytest.mark.parametrize(("t", "colluding"), [(2, 0), (2, 1), (3, 0), (3, 1), (3, 2), (4, 1)])
-def test_split_story_attack_is_the_same_with_short_and_full_lists(t: int, colluding: int) -> None:
+SPLITS = [
+    ("harary", 2, 0),
+    ("harary", 2, 1),
+    ("harary", 3, 0),
+    ("harary", 3, 1),
+    ("harary", 3, 2),  # k + c >= 2t > k: the colluders make the difference
+    ("harary", 4, 1),
+    ("complete", 3, 0),
+    ("complete", 3, 1),
+    ("complete", 4, 1),
+]
+
+
+@pytest.mark.parametrize(("kind", "t", "colluding"), SPLITS)
+def test_split_story_attack_is_the_same_with_short_and_full_lists(
+    kind: str, t: int, colluding: int
+) -> None:
     """Tell some of v's partners "v survived" and the others "v dropped" (docs/protocol.md: a
-    semi-honest round cannot detect it), with up to one colluding partner that hands over both
-    of its shares of v. For every split of v's honest partners, each partner's answer to its
-    short view equals its answer to the full list with the same story, so the server collects
-    the same shares of b_v and s_v either way. Both secrets (hence x_v) come out exactly when
+    semi-honest round cannot detect it), with colluding partners that hand over both of their
+    shares of v. For every split of v's honest partners, each partner's answer to its short
+    view equals its answer to the full list with the same story, so the server collects the
+    same shares of b_v and s_v either way. Both secrets (hence x_v) come out exactly when
     |honest partners| + 2 x colluders >= 2t, as before the change; active mode refuses it
-    (2t > k + c, tests/test_lying_server.py)."""
-    config, _ = make_config(10, t=t, dim=DIM, bits=BITS, kind="harary", k=4, graph_seed=SEED_A)
+    (2t > k + c, tests/test_lying_server.py). Harary(10, 4), or the complete graph on 6."""
+    if kind == "harary":
+        config, _ = make_config(10, t=t, dim=DIM, bits=BITS, kind=kind, k=4, graph_seed=SEED_A)
+    else:
+        config, _ = make_config(6, t=t, dim=DIM, bits=BITS)
     r = stopped(config)
     u3, dropped = global_lists(r)
     assert dropped == ()
-    v = ring_party(config, 0)
+    v = some_party(config, 0)
     v_partners = peers(r, v)
     colluders = v_partners[:colluding]
     honest = [p for p in v_partners if p not in colluders]
@@ -681,6 +699,46 @@ def test_short_lists_where_partners_partners_count_are_refused(mode: str) -> Non
         assert with_short is None or with_short == with_full
         refused += with_short is None
     assert refused == len(full[0])
+
+
+@pytest.fixture(scope="module", params=["part-wise harary", "colluders harary"])
+def global_round(request: pytest.FixtureRequest) -> Router:
+    config, signing = FULL_LIST_MODES[request.param]()
+    return stopped(config, signing, {ring_party(config, 3): "masked_input"})
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_where_the_global_list_matters_more_survivors_only_add_protection(
+    global_round: Router, data: st.DataObject
+) -> None:
+    """Part-wise and tolerated-colluder rounds read list entries beyond u's neighbourhood
+    (surviving holders of blocks, partners' partners). Every such check counts survivors, so
+    naming more parties alive can only turn a refusal into the same answer, never change an
+    answer: whatever a shorter list gets, the longer list it is cut from got before."""
+    r = global_round
+    cfg = r.config
+    u = data.draw(st.sampled_from(sorted(r.masked_senders)), label="party")
+    partners = set(peers(r, u))
+    neighbours = set(cfg.neighbors(u))
+    status = {}
+    for p in range(cfg.num_parties):
+        if p == u:
+            kind = SELF
+        elif p in partners:
+            kind = PARTNER
+        else:
+            kind = NEVER if p in neighbours else OTHER
+        status[p] = data.draw(kind, label=f"status of {p}")
+    lists = _lists_from(status)
+    more = dict(status)
+    for p in range(cfg.num_parties):
+        if status[p] == "absent" and p not in neighbours | {u}:
+            more[p] = data.draw(st.sampled_from(["alive", "absent"]), label=f"add {p}")
+    got, got_more = answer(r, u, lists), answer(r, u, _lists_from(more))
+    event("shorter list answered" if got is not None else "shorter list refused")
+    event("longer list answered" if got_more is not None else "longer list refused")
+    assert got is None or got == got_more
 
 
 # -- the honest server stays exact with drops at every phase ---------------------------------------
