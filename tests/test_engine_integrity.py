@@ -86,3 +86,40 @@ def test_rejected_packed_vector_leaves_no_partial_sum() -> None:
     with pytest.raises(EncodingError):
         encoding.add_packed(acc, bytes(payload), bits)
     assert not acc.any()
+
+
+@pytest.mark.parametrize("part", ["self", "key", "label", "ok"])
+def test_a_share_that_is_no_field_element_names_its_sender(part: str) -> None:
+    """client_accept_delivery opens every sealed share and checks all limbs in one vector
+    operation; a limb >= p is refused, naming the neighbour that sent it."""
+    from secagg.crypto import aead, shamir
+    from secagg.engine import share_keys as sk
+
+    config, _ = make_config(N, t=T, dim=DIM, bits=BITS)
+    receiver, senders, culprit = 0, (1, 2, 3, 4), 3
+    keys_ = {v: bytes([v]) * 32 for v in senders}
+    sealed = []
+    for v in senders:
+        self_limbs = np.full(sk.SELF_SHARE_BYTES // 4, 7, dtype=">u4")
+        key_limbs = np.full(sk.KEY_SHARE_BYTES // 4, 9, dtype=">u4")
+        label = (v, receiver)
+        if v == culprit and part == "self":
+            self_limbs[-1] = shamir.PRIME
+        if v == culprit and part == "key":
+            key_limbs[0] = 2**32 - 1
+        if v == culprit and part == "label":
+            label = (v, receiver + 1)
+        plain = sk._PLAIN.pack(*label) + self_limbs.tobytes() + key_limbs.tobytes()
+        ad = aead.share_associated_data(config.digest, config.round_index, v, receiver)
+        sealed.append(aead.encrypt(keys_[v], plain, ad))
+    delivery = wire.ShareDelivery(
+        config.session_id, config.round_index, wire.SERVER, receiver,
+        senders=senders, ciphertexts=tuple(sealed),
+    )  # fmt: skip
+    if part == "ok":
+        held = sk.client_accept_delivery(config, receiver, keys_, b"s" * 16, delivery)
+        assert sorted(held.self_mask_shares) == list(senders)
+        return
+    match = "mislabelled" if part == "label" else "not a field element"
+    with pytest.raises(RemoteProtocolError, match=f"party {culprit} is {match}"):
+        sk.client_accept_delivery(config, receiver, keys_, b"s" * 16, delivery)

@@ -150,9 +150,20 @@ def client_accept_delivery(
         body = plaintext[_PLAIN.size :]
         self_shares[v] = body[:SELF_SHARE_BYTES]
         key_shares[v] = body[SELF_SHARE_BYTES:]
-        for share in (self_shares[v], key_shares[v]):
-            if np.any(np.frombuffer(share, dtype=">u4") >= shamir.PRIME):
-                raise RemoteProtocolError(f"share from party {v} is not a field element")
+    # Every share limb must be a field element: one vector check over all of them (self-mask
+    # shares of every sender, then mask-key shares, in sender order).
+    limbs = np.frombuffer(
+        b"".join(itertools.chain(self_shares.values(), key_shares.values())), dtype=">u4"
+    )
+    bad = np.flatnonzero(limbs >= shamir.PRIME)
+    if bad.size:
+        index, self_limbs = int(bad[0]), len(senders) * SELF_SHARE_BYTES // 4
+        v = senders[
+            index // (SELF_SHARE_BYTES // 4)
+            if index < self_limbs
+            else (index - self_limbs) // (KEY_SHARE_BYTES // 4)
+        ]
+        raise RemoteProtocolError(f"share from party {v} is not a field element")
     return HeldShares(self_mask_seed, self_shares, key_shares)
 
 
