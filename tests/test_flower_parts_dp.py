@@ -252,3 +252,38 @@ def test_the_app_reports_the_spent_epsilon_and_stops_at_the_budget() -> None:
     assert "budget_refused" in third and "survivors" not in third
     with pytest.raises(ConfigError, match="mean_over_uploaders"):
         run_training(grid, app_config(**{"dp-epsilon": 1.0, "rule": "mean_over_uploaders"}))
+
+
+def test_a_node_refuses_a_dp_round_whose_flags_would_go_unnoised() -> None:
+    from flwr.app import ConfigRecord
+
+    from secagg.flower import _codec, records
+
+    blocks = (6, 5, 4, 7)
+    ids, holdings = layout(blocks)
+    target = ids[2]
+    updates = {nid: np.full(sum(blocks[b] for b in holdings[nid]), 0.05) for nid in ids}
+
+    def lying_server(msg: Message) -> Message:
+        record = msg.content.config_records.get(records.RECORD_KEY)
+        if msg.metadata.dst_node_id == target and record and record.get("stage") == "setup":
+            meta = _codec.decode(record["round"])
+            meta["count_channel"] = True
+            fields = dict(record) | {"round": _codec.encode(meta)}
+            msg.content.config_records[records.RECORD_KEY] = ConfigRecord(fields)
+        return msg
+
+    grid = InProcessGrid(client_app(updates, [], []), ids, to_node=lying_server)
+    result = partwise_aggregate(
+        grid,
+        blocks,
+        holdings,
+        {nid: RecordDict() for nid in ids},
+        round_index=1,
+        clip=1.0,
+        min_holders=MIN_HOLDERS,
+        threshold=THRESHOLD,
+        dp=PartwiseDPAccountant(PartwiseDP(epsilon=4.0)),
+    )
+    assert result.report.dropped == (target,)
+    assert "count_channel" in result.report.refused[target]
