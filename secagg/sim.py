@@ -273,11 +273,14 @@ _RECIPIENT_AT = struct.calcsize(">4sBB16sQI")
 class _BroadcastEncoder:
     """``wire.encode`` for the simulated network, reusing the body of a broadcast.
 
-    The server sends every survivor the same survivor list (and dropped list) in SurvivorList
-    and UnmaskRequest; only the recipient in the header differs. At n = 10^5 each body is
-    ~400 KB, and packing it 10^5 times would be most of the simulation. The bytes produced are
-    exactly ``wire.encode(message)`` (checked against a full encoding for the second message
-    of every broadcast).
+    Where the server sends every survivor the whole survivor list (and dropped list) in
+    SurvivorList and UnmaskRequest (active, part-wise and colluder rounds; semi-honest
+    whole-vector rounds send each party only its partners), only the recipient in the header
+    differs. At n = 10^5 each such body is ~400 KB, and packing it 10^5 times would be most of
+    the simulation. The bytes produced are exactly ``wire.encode(message)`` (checked against a
+    full encoding for the second message of every broadcast). Messages with short lists are
+    encoded directly. Keys are object ids: every message of a batch stays alive while the
+    batch is encoded, so no id is reused within one encoder.
     """
 
     def __init__(self) -> None:
@@ -285,6 +288,8 @@ class _BroadcastEncoder:
 
     def encode(self, m: wire.Message) -> bytes:
         key: tuple[Any, ...] | None = None
+        if isinstance(m, (wire.UnmaskRequest, wire.SurvivorList)) and len(m.survivors) < 256:
+            return wire.encode(m)
         if isinstance(m, wire.UnmaskRequest):
             key = (m.TYPE, id(m.survivors), id(m.dropped), id(m.signatures), id(m.partner_sets))
         elif isinstance(m, wire.SurvivorList):
