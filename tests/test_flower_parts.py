@@ -104,6 +104,7 @@ def test_each_node_gets_its_own_part_and_the_server_only_block_sums(drop_stage: 
         sent = contents[nid].array_records["part"]["values"].numpy()
         np.testing.assert_array_equal(seen[nid], sent)
     survivors = result.report.survivors
+    assert result.dp is None  # DP off: the fixed-point path, nothing noised
     assert set(result.report.dropped) == set(drops)
     sums, holders, uploaders = plain(holdings, updates, survivors)
     np.testing.assert_array_equal(result.holders, holders)
