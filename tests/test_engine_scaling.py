@@ -201,6 +201,11 @@ def test_simulator_broadcast_encoding_is_byte_identical() -> None:
         wire.SurvivorList(session, 7, wire.SERVER, u, survivors=survivors, dropped=dropped)
         for u in survivors[:5]
     ]
+    # Semi-honest whole-vector requests name only the recipient's partners: short, distinct.
+    short = [
+        wire.UnmaskRequest(session, 7, wire.SERVER, u, survivors=(u, u + 2), dropped=(u + 1,))
+        for u in range(0, 40, 4)
+    ]
     encoder = _BroadcastEncoder()
-    for m in [*requests, *lists]:
+    for m in [*requests, *short, *lists]:
         assert encoder.encode(m) == wire.encode(m)
