@@ -287,3 +287,23 @@ def test_a_node_refuses_a_dp_round_whose_flags_would_go_unnoised() -> None:
     )
     assert result.report.dropped == (target,)
     assert "count_channel" in result.report.refused[target]
+
+
+def test_encode_blocks_noises_each_block_with_its_own_parameter() -> None:
+    from secagg.dp.mechanisms import block_sigma2, encode_blocks
+    from secagg.encoding import from_ring
+    from secagg.errors import EncodingError
+
+    sizes = [3000, 2000]
+    sigma2 = block_sigma2(Fraction(900), [1, 3])  # ceil(900 / floor): 900 and 300
+    assert sigma2 == [Fraction(900), Fraction(300)]
+    values = np.full(sum(sizes), 0.01)  # L2 norm 0.71: clipped to 0.5
+    words = encode_blocks(
+        values, sizes, sigma2, clip=0.5, scale=1000.0, norm_bound=1000.0 + 100, bits=32
+    )
+    noise = from_ring(words, 32).astype(np.float64) - values * (0.5 / np.linalg.norm(values)) * 2000
+    for got, s2 in ((noise[:3000], 900), (noise[3000:], 300)):
+        assert abs(float(np.var(got)) / s2 - 1) < 6 * math.sqrt(2 / got.size)
+    assert encode_blocks([], [], [], clip=1.0, scale=10.0, norm_bound=11.0, bits=20).size == 0
+    with pytest.raises(EncodingError, match="2 blocks but 1"):
+        encode_blocks(values, sizes, sigma2[:1], clip=1.0, scale=10.0, norm_bound=99.0, bits=20)
