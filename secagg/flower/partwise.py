@@ -59,6 +59,7 @@ except ImportError as exc:  # pragma: no cover
 
 __all__ = [
     "UPDATE_RECORD",
+    "DPRound",
     "PartwiseDP",
     "PartwiseDPAccountant",
     "PartwiseResult",
