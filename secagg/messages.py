@@ -22,7 +22,7 @@ import operator
 import struct
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from secagg.errors import RemoteProtocolError
 
@@ -341,13 +341,13 @@ AnyMessage = (
 )
 
 
-_M = TypeVar("_M", bound=Message)
+_M = TypeVar("_M")
 
 
 _FIELDS: dict[type, tuple[tuple[str, ...], dict[str, object]]] = {}
 
 
-def _defaults(cls: type[Message]) -> tuple[tuple[str, ...], dict[str, object]]:
+def _defaults(cls: type[Any]) -> tuple[tuple[str, ...], dict[str, object]]:
     known = _FIELDS.get(cls)
     if known is None:
         names = tuple(f.name for f in fields(cls))
@@ -371,7 +371,8 @@ def trusted(cls: type[_M], *header: object, **values: object) -> _M:
     """
     names, defaults = _defaults(cls)
     if len(header) == 4:  # the usual call: the header positionally, the body by keyword
-        values["session_id"], values["round_index"], values["sender"], values["recipient"] = header
+        first, second, third, fourth = names[:4]
+        values[first], values[second], values[third], values[fourth] = header
     elif len(header) <= len(names):
         values.update(zip(names, header))  # noqa: B905 - fewer header values than names
     else:
@@ -531,7 +532,9 @@ def _read_key(r: _Reader) -> KeyEntry:
     r.pos += _KEY_HEAD.size
     if sig_len not in (0, SIGNATURE_BYTES):
         raise MessageDecodeError("bad signature length")
-    return KeyEntry(party, mask, enc, r.take(sig_len))
+    if party >= MAX_PARTIES:  # the keys are fixed-size fields: the party is all to check
+        raise MessageDecodeError(f"party id {party} out of range")
+    return trusted(KeyEntry, party, mask, enc, r.take(sig_len))
 
 
 def encode_key_entry(entry: KeyEntry) -> bytes:
@@ -682,7 +685,10 @@ def _read_body(kind: MessageType, r: _Reader, head: tuple[bytes, int, int, int])
         return trusted(AdvertiseKeys, *head, keys=entry)
     if kind is MessageType.KEY_DIRECTORY:
         n = r.count(69)
-        return KeyDirectory(*head, entries=tuple(_read_key(r) for _ in range(n)))
+        entries = tuple(_read_key(r) for _ in range(n))
+        if not _ids_ok([e.party for e in entries]):
+            raise _invalid(kind, "key directory must be strictly increasing party ids")
+        return trusted(KeyDirectory, *head, entries=entries)
     if kind is MessageType.ENCRYPTED_SHARES:
         commitment = r.take(COMMITMENT_BYTES)
         ids, records = r.records()

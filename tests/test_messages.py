@@ -505,6 +505,10 @@ def _check_invariant(data: bytes) -> None:
     # decode() builds the hot message types without their field checks (messages.trusted),
     # after checking the same conditions itself: the full checks must accept what it returns.
     assert dataclasses.replace(message) == message
+    nested = getattr(message, "entries", ()) or (getattr(message, "keys", None),)
+    for entry in nested:
+        if entry is not None:
+            assert dataclasses.replace(entry) == entry
 
 
 FUZZ = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -660,6 +664,13 @@ def _invalid_but_encodable() -> dict[str, msg.Message]:
         "unmask unsorted": msg.trusted(
             UnmaskResponse, sid, rnd, 3, SERVER, self_mask_owners=(4, 1),
             self_mask_shares=(b"s" * 8,) * 2, mask_key_owners=(), mask_key_shares=(),
+        ),
+        "directory unsorted": msg.trusted(
+            KeyDirectory, sid, rnd, SERVER, 1, entries=(_entry(5), _entry(2)),
+        ),
+        "directory party range": msg.trusted(
+            KeyDirectory, sid, rnd, SERVER, 1,
+            entries=(msg.trusted(KeyEntry, MAX_PARTIES, bytes(32), bytes(32), b""),),
         ),
         "advertise other party": msg.trusted(
             AdvertiseKeys, sid, rnd, 3, SERVER, keys=ex["advertise"].keys.__class__(
