@@ -265,4 +265,3 @@ class EngineRound:
     def _refused(self, nid: int, reason: str) -> wire.Message | None:
         self._refuse(nid, reason)
         return None
-
