@@ -76,8 +76,7 @@ class Cohort:
     def expected(self, survivors: tuple[int, ...] | list[int]) -> list[np.ndarray]:
         total = sum(self.weights[v] for v in survivors)
         return [
-            sum(self.weights[v] * self.inputs[v][i].astype(np.float64) for v in survivors)
-            / total
+            sum(self.weights[v] * self.inputs[v][i].astype(np.float64) for v in survivors) / total
             for i in range(len(SHAPES))
         ]
 
@@ -210,9 +209,7 @@ def test_weighted_mean_within_quantisation_bound() -> None:
     assert grid.bytes_to_server > 0
 
 
-@pytest.mark.parametrize(
-    "stage", ["setup", "share_keys", "collect_masked_vectors", "unmask"]
-)
+@pytest.mark.parametrize("stage", ["setup", "share_keys", "collect_masked_vectors", "unmask"])
 def test_drops_at_every_stage(stage: str) -> None:
     cohort = Cohort(14, seed=2)
     dropped = {cohort.ids[1]: stage, cohort.ids[6]: stage}
@@ -283,9 +280,7 @@ def test_num_shares_auto_and_hidden_metadata() -> None:
             assert not fitres.parameters.tensors  # only the masked vector leaves the node
         return message
 
-    wf = SecAggPlusWorkflow(
-        "auto", 0, dropout_rate=0.1, hide_num_examples=True, hide_metrics=True
-    )
+    wf = SecAggPlusWorkflow("auto", 0, dropout_rate=0.1, hide_num_examples=True, hide_metrics=True)
     got, _ = run(cohort, wf, to_server=spy)
     report = wf.last_report
     assert report is not None and report.error is None
@@ -297,9 +292,7 @@ def test_num_shares_auto_and_hidden_metadata() -> None:
 def test_active_mode_with_verify_keys_and_a_drop_before_the_consistency_check() -> None:
     cohort = Cohort(10, seed=9)
     pairs = {nid: keys.generate_ed25519() for nid in cohort.ids}
-    apps = {
-        nid: cohort.app(make_secaggplus_mod(signing_key=pairs[nid][0])) for nid in cohort.ids
-    }
+    apps = {nid: cohort.app(make_secaggplus_mod(signing_key=pairs[nid][0])) for nid in cohort.ids}
     wf = SecAggWorkflow(7, active=True, verify_keys={nid: p[1] for nid, p in pairs.items()})
     drops = {cohort.ids[5]: "consistency"}
     got, _ = run(cohort, wf, app=apps, drops=drops)
@@ -533,3 +526,24 @@ def test_distributed_dp_round_releases_a_noisy_mean_calibrated_to_the_noise_floo
     assert np.max(err) < 7 * std / len(survivors) + 1e-9
     assert np.max(err) > 0  # the release is noisy
     assert params.epsilon(1e-5) <= 20.0 * 1.001
+
+
+def test_node_requiring_dp_refuses_a_round_without_noise_and_joins_a_dp_round() -> None:
+    """make_secaggplus_mod(require_dp=True): a server cannot switch a node's noise off by
+    sending a plain round; the same node takes part in a distributed-DP round."""
+    cohort = Cohort(6, seed=19, scale=0.05)
+    strict = set(cohort.ids[:2])
+    apps = {
+        nid: cohort.app(make_secaggplus_mod(require_dp=True) if nid in strict else secaggplus_mod)
+        for nid in cohort.ids
+    }
+    plain = SecAggPlusWorkflow(3, 2)
+    run(cohort, plain, app=apps)
+    report = plain.last_report
+    assert report is not None and set(report.refused) == strict
+    assert all("distributed DP required" in why for why in report.refused.values())
+    noisy = SecAggPlusWorkflow(3, 2, dp_epsilon=20.0, dp_delta=1e-5, dp_clip=1.0, dp_rounds=1)
+    run(cohort, noisy, app=apps)
+    report = noisy.last_report
+    assert report is not None and report.error is None and not report.refused, report
+    assert strict <= set(report.survivors)

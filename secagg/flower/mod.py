@@ -33,7 +33,7 @@ from secagg.dp.mechanisms import (
 )
 from secagg.encoding import FixedPointEncoder
 from secagg.engine import ClientEngine
-from secagg.errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from secagg.errors import ConfigError, LocalProtocolError, PolicyError, RemoteProtocolError
 from secagg.flower import _codec, _compat, records
 from secagg.flower.quantization import (
     FlowerQuantizer,
@@ -82,6 +82,7 @@ def make_secaggplus_mod(
     policy: ClientPolicy | None = None,
     signing_key: bytes | None = None,
     state_key: bytes | None = None,
+    require_dp: bool = False,
 ) -> Mod:
     """A mod with this node's own requirements.
 
@@ -96,6 +97,10 @@ def make_secaggplus_mod(
             between messages (AES-256-GCM, with a counter so an older state is never accepted).
             Without it, the mod reads ``node_config["secagg-state-key-file"]`` if set, else the
             state stays in the clear in the node's own context (never sent anywhere).
+        require_dp: refuse any round without distributed DP (the drop-in's ``dp_epsilon`` or
+            the parameter-part app's ``dp-epsilon``), so that a server cannot switch a node's
+            noise off by sending a plain round (:class:`~secagg.errors.PolicyError`). The node
+            still cannot check the noise level the server chose, only that there is noise.
     """
     node_policy = policy if policy is not None else ClientPolicy()
 
@@ -107,7 +112,7 @@ def make_secaggplus_mod(
             if records.FLOWER_RECORD_KEY in incoming:
                 raise records.NamespaceError(records.FLOWER_SERVER_WITH_OUR_MOD)
             raise records.NamespaceError(records.NO_SECAGG_RECORD)
-        session = _NodeSession(node_policy, signing_key, state_key)
+        session = _NodeSession(node_policy, signing_key, state_key, require_dp=require_dp)
         return session.handle(msg, ctxt, call_next)
 
     return secaggplus_mod
@@ -117,11 +122,17 @@ class _NodeSession:
     """One message's worth of work on the node (the state lives in ``context.state``)."""
 
     def __init__(
-        self, policy: ClientPolicy, signing_key: bytes | None, state_key: bytes | None
+        self,
+        policy: ClientPolicy,
+        signing_key: bytes | None,
+        state_key: bytes | None,
+        *,
+        require_dp: bool = False,
     ) -> None:
         self.policy = policy
         self.signing_key = signing_key
         self.state_key = state_key
+        self.require_dp = require_dp
 
     def handle(self, msg: Message, ctxt: Context, call_next: CallNext) -> Message:
         record = msg.content.config_records[records.RECORD_KEY]
@@ -183,6 +194,12 @@ class _NodeSession:
         if node_ids.count(me) != 1:
             raise RemoteProtocolError(f"setup: this node ({me}) is not in the round's node list")
         party = node_ids.index(me)
+        if self.require_dp and meta.get("encoding") != DDGAUSS and meta.get("dp") is None:
+            raise PolicyError(
+                "configuration refused by this node's policy: distributed DP required"
+                f" (require_dp=True), the round has encoding={meta.get('encoding', 'flower')!r}"
+                " without noise"
+            )
         if meta.get("encoding", "flower") == "flower":
             quant = _quantizer(meta)
             update = _update_layout(meta)
