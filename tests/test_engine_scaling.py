@@ -209,3 +209,46 @@ def test_simulator_broadcast_encoding_is_byte_identical() -> None:
     encoder = _BroadcastEncoder()
     for m in [*requests, *short, *lists]:
         assert encoder.encode(m) == wire.encode(m)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n=st.integers(5, 60),
+    half=st.integers(1, 6),
+    seed=st.integers(0, 2**32 - 1),
+    late=st.floats(0.0, 0.9),
+    early=st.floats(0.0, 0.5),
+)
+def test_ring_connectivity_rule_matches_a_bfs(
+    n: int, half: int, seed: int, late: float, early: float
+) -> None:
+    """disconnected_blocks' O(n) ring rule (at most one circular gap wider than h between
+    survivors) against a plain BFS over the partners the server routed (neighbours in U2)."""
+    from helpers import make_config
+
+    from secagg.engine.unmask import _ring_survivors_connected, disconnected_blocks
+
+    k = 2 * half
+    if k >= n - 1:
+        return
+    config, _ = make_config(n, t=2, kind="harary", k=k, dim=4)
+    gen = np.random.default_rng(seed)
+    u2 = {u for u in range(n) if gen.random() >= early}
+    survivors = {u for u in u2 if gen.random() >= late}
+    partners = {u: tuple(v for v in config.neighbors(u) if v in u2) for u in u2}
+    seen: set[int] = set()
+    if survivors:
+        first = min(survivors)
+        seen, frontier = {first}, [first]
+        while frontier:
+            u = frontier.pop()
+            for w in partners[u]:
+                if w in survivors and w not in seen:
+                    seen.add(w)
+                    frontier.append(w)
+    connected = seen == survivors
+    assert _ring_survivors_connected(config, survivors) == connected
+    h, t = half, config.threshold
+    skipped = 2 * (t + 1) > len(survivors) or (t >= h + 1 and n >= 3 * h + 1)
+    if not skipped:  # no lemma covers it: the server's check is the ring rule
+        assert disconnected_blocks(config, survivors, partners) == ([] if connected else [0])

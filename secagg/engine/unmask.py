@@ -149,6 +149,9 @@ def disconnected_blocks(
             h is not None and t >= h + 1 and config.num_parties >= 3 * h + 1
         ):
             return []
+    if not config.part_wise and config.graph.ring is not None:
+        # ``partners`` is the server's own routing (neighbours in U2): the ring rule applies.
+        return [] if _ring_survivors_connected(config, survivors) else [0]
     layout = config.blocks
     holds = layout.holding_sets
     split = []
@@ -168,6 +171,28 @@ def disconnected_blocks(
         if len(seen) != len(members):
             split.append(b)
     return split
+
+
+def _ring_survivors_connected(config: RoundConfig, survivors: set[int]) -> bool:
+    """Whole-vector rounds on a Harary ring, in O(n) numpy instead of a BFS over n k edges.
+
+    Two survivors are partners exactly when their ring positions are at most h = k/2 apart
+    (both were in U2, and the honest server routed every neighbour pair in U2). Walking the
+    survivors in ring order, consecutive ones are joined unless the gap between them exceeds h,
+    and nothing skips a gap; so the survivors are connected iff at most one of the circular
+    gaps exceeds h (one broken link still leaves a path the other way round).
+    """
+    ring = config.graph.ring
+    h = config.graph.ring_half_width
+    assert ring is not None and h is not None
+    n = config.num_parties
+    if len(survivors) < 2:
+        return True
+    position = np.empty(n, dtype=np.int64)
+    position[np.asarray(ring, dtype=np.int64)] = np.arange(n, dtype=np.int64)
+    where = np.sort(position[np.fromiter(survivors, dtype=np.int64, count=len(survivors))])
+    gaps = np.diff(where, append=where[0] + n)
+    return int(np.count_nonzero(gaps > h)) <= 1
 
 
 def client_unmask(
