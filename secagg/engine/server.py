@@ -13,6 +13,7 @@ Each returned message goes to ``message.recipient``.
 
 from __future__ import annotations
 
+import bisect
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
@@ -244,7 +245,11 @@ class ServerEngine(GuardedEngine):
                         f"party {u} has only {len(surviving_peers)} surviving neighbours, fewer"
                         f" than the {floor} it needs (threshold {t})"
                     )
-                weak = weak_blocks(cfg, u, alive, surviving_peers, alive_holders)
+                weak = (
+                    weak_blocks(cfg, u, alive, surviving_peers, alive_holders)
+                    if cfg.part_wise
+                    else ()
+                )
                 if weak:
                     raise AbortedError(
                         f"blocks {weak[:5]} of party {u} would be revealed for fewer than"
@@ -323,11 +328,17 @@ class ServerEngine(GuardedEngine):
         if neighbourhood_view(cfg):
             # SecAgg+ (Bell et al. 2020, section 3): a party needs only its own partners' fate,
             # so the request costs O(k) to build, send and check instead of O(n) per party.
-            alive = set(self._survivors)
-            dropped = set(self._unmask_dropped)
+            # A survivor's partners all survived or are in D' (it masked with them).
+            flags = bytearray(cfg.num_parties)
+            for w in self._survivors:
+                flags[w] = 1
             requests: list[Message] = []
             for u in recipients:
-                peers = self._peers[u]
+                alive_peers: list[int] = []
+                dropped_peers: list[int] = []
+                for w in self._peers[u]:
+                    (alive_peers if flags[w] else dropped_peers).append(w)
+                bisect.insort(alive_peers, u)
                 requests.append(
                     wire.trusted(  # lists from the server's own state, sorted: no re-check
                         wire.UnmaskRequest,
@@ -335,8 +346,8 @@ class ServerEngine(GuardedEngine):
                         cfg.round_index,
                         wire.SERVER,
                         u,
-                        survivors=tuple(sorted([u, *(w for w in peers if w in alive)])),
-                        dropped=tuple(w for w in peers if w in dropped),
+                        survivors=tuple(alive_peers),
+                        dropped=tuple(dropped_peers),
                     )
                 )
             return requests
