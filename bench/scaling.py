@@ -273,7 +273,8 @@ def render(points: list[dict[str, Any]], out: Path) -> str:
     ]
     if base:
         md += [
-            "Before issue 12 (same points, same run, library extracted at the baseline commit):",
+            f"The library at commit {base[0].get('baseline_commit', '?')} (same points, same"
+            " run, extracted with `git archive`; measured right after the current library):",
             "",
             "| n | d | server s before | server s now | speed-up | simulation s before | now |",
             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
