@@ -514,15 +514,18 @@ class _Reader:
             raise MessageDecodeError("trailing bytes after message body")
 
 
-def _write_key(w: _Writer, e: KeyEntry) -> None:
-    w.u32(e.party)
-    w.raw(e.mask_public)
-    w.raw(e.encryption_public)
-    w.u8(len(e.signature))
-    w.raw(e.signature)
-
-
 _KEY_HEAD = struct.Struct(">I32s32sB")  # party, mask key, encryption key, signature length
+
+
+def _key_bytes(e: KeyEntry) -> bytes:
+    # One struct call per entry: clients persist their neighbours' entries at every step.
+    return _KEY_HEAD.pack(e.party, e.mask_public, e.encryption_public, len(e.signature)) + (
+        e.signature
+    )
+
+
+def _write_key(w: _Writer, e: KeyEntry) -> None:
+    w.raw(_key_bytes(e))
 
 
 def _read_key(r: _Reader) -> KeyEntry:
@@ -539,20 +542,25 @@ def _read_key(r: _Reader) -> KeyEntry:
 
 def encode_key_entry(entry: KeyEntry) -> bytes:
     """A key entry alone (for engine state persistence)."""
-    w = _Writer()
-    _write_key(w, entry)
-    return b"".join(w.parts)
+    return _key_bytes(entry)
 
 
 def decode_key_entry(data: bytes) -> KeyEntry:
-    """Inverse of :func:`encode_key_entry`."""
-    r = _Reader(data)
-    try:
-        entry = _read_key(r)
-    except ValueError as exc:
-        raise MessageDecodeError(f"invalid key entry: {exc}") from None
-    r.done()
-    return entry
+    """Inverse of :func:`encode_key_entry`.
+
+    Raises:
+        MessageDecodeError: truncated, trailing bytes, a bad signature length or party id.
+    """
+    if len(data) < _KEY_HEAD.size:
+        raise MessageDecodeError("key entry is truncated")
+    party, mask, enc, sig_len = _KEY_HEAD.unpack_from(data)
+    if sig_len not in (0, SIGNATURE_BYTES):
+        raise MessageDecodeError("bad signature length")
+    if len(data) != _KEY_HEAD.size + sig_len:
+        raise MessageDecodeError("key entry is truncated or has trailing bytes")
+    if party >= MAX_PARTIES:
+        raise MessageDecodeError(f"party id {party} out of range")
+    return trusted(KeyEntry, party, mask, enc, bytes(data[_KEY_HEAD.size :]))
 
 
 def _write_body(w: _Writer, m: Message) -> None:

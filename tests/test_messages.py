@@ -687,3 +687,29 @@ def test_decode_refuses_what_the_field_checks_refuse(case: str) -> None:
         dataclasses.replace(message)  # the checked constructor refuses it...
     with pytest.raises(MessageDecodeError):
         decode(encode(message))  # ...and so does decode(), which builds it without them
+
+
+@FUZZ
+@given(st.binary(max_size=200))
+def test_fuzz_key_entry(data: bytes) -> None:
+    """decode_key_entry (engine state) is canonical and re-validates, or refuses."""
+    try:
+        entry = decode_key_entry(data)
+    except MessageDecodeError:
+        return
+    assert encode_key_entry(entry) == data
+    assert dataclasses.replace(entry) == entry
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_key_entry_mutations_are_canonical_or_refused(signed: bool) -> None:
+    data = encode_key_entry(_entry(9, signed=signed))
+    for i in range(len(data)):
+        for bit in (0, 7):
+            mutated = bytearray(data)
+            mutated[i] ^= 1 << bit
+            try:
+                entry = decode_key_entry(bytes(mutated))
+            except MessageDecodeError:
+                continue
+            assert encode_key_entry(entry) == bytes(mutated)
