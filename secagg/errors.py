@@ -23,6 +23,11 @@ class PolicyError(ConfigError):
     accepts (for example a lower threshold, or semi-honest mode where active is required)."""
 
 
+class PrivacyBudgetError(ConfigError):
+    """A differentially private round would spend more than the declared (epsilon, delta):
+    it is refused before anything is sent, and the model stays as it is."""
+
+
 class EncodingError(SecAggError, ValueError):
     """Values cannot be encoded into the chosen modulus without wrap-around, or a payload is bad."""
 

@@ -11,7 +11,7 @@ Flower. See docs/flower.md for what differs from Flower's implementation and why
 """
 
 from secagg.config import ClientPolicy
-from secagg.errors import PolicyError
+from secagg.errors import PolicyError, PrivacyBudgetError
 from secagg.flower.driver import DEFAULT_STAGE_TIMEOUT, EngineRound, RoundReport
 from secagg.flower.mod import make_secaggplus_mod, secagg_mod, secaggplus_mod
 from secagg.flower.quantization import FlowerQuantizer, UpdateLayout
@@ -19,7 +19,6 @@ from secagg.flower.records import NamespaceError
 from secagg.flower.workflow import (
     DropinReport,
     PartwiseOptions,
-    PrivacyBudgetError,
     SecAggPlusWorkflow,
     SecAggWorkflow,
 )

@@ -45,10 +45,12 @@ from secagg.dp.mechanisms import (
     check_noise_floor,
     rounding_norm_bound,
 )
-from secagg.errors import ConfigError
+from secagg.errors import (
+    ConfigError,
+    PrivacyBudgetError,  # one budget error for both Flower paths
+)
 from secagg.flower.driver import EngineRound, RoundReport
 from secagg.flower.mod import FIXED_POINT, UPDATE_RECORD
-from secagg.flower.workflow import PrivacyBudgetError  # one budget error for both Flower paths
 from secagg.layout import BlockLayout
 
 try:

@@ -52,7 +52,7 @@ from secagg.dp.mechanisms import (
     decode_sum,
 )
 from secagg.engine import AggregationResult
-from secagg.errors import AbortedError, ConfigError, SecAggError
+from secagg.errors import AbortedError, ConfigError, PrivacyBudgetError, SecAggError
 from secagg.flower.driver import EngineRound, RoundReport
 from secagg.flower.quantization import (
     FlowerQuantizer,
@@ -78,11 +78,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 log = logging.getLogger("secagg.flower")
-
-
-class PrivacyBudgetError(ConfigError):
-    """A distributed-DP round would spend more than the declared (dp_epsilon, dp_delta): the
-    workflow refuses it before sending anything, and the global model stays as it is."""
 
 
 @dataclass(frozen=True)
