@@ -275,7 +275,9 @@ class PartnerSet:
 class UnmaskRequest(Message):
     """Server -> party: who survived and who dropped (phase Unmasking).
 
-    In active mode it carries the survivors' signatures over the survivor list (ConsistencyCheck).
+    In semi-honest whole-vector rounds the lists name only the recipient and its own partners
+    (``unmask.neighbourhood_view``); otherwise they are the whole U3 and D'. In active mode it
+    carries the survivors' signatures over the survivor list (ConsistencyCheck).
     """
 
     TYPE: ClassVar[MessageType] = MessageType.UNMASK_REQUEST
