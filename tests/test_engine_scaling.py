@@ -21,7 +21,7 @@ from secagg.config import RoundConfig
 from secagg.crypto import keys, shamir
 from secagg.engine.advertise import _LOW_ORDER_KEYS, is_low_order
 from secagg.engine.masked_input import PackedSum
-from secagg.engine.share_keys import ShareRouter
+from secagg.engine.share_keys import SEALED_BYTES, ShareRouter
 from secagg.engine.unmask import RevealedShares, _reconstruct_all
 from secagg.errors import AbortedError, EncodingError, RemoteProtocolError
 from secagg.messages import EncryptedShares
@@ -139,7 +139,7 @@ def test_share_router_routes_like_the_naive_loop() -> None:
     for u, receivers in present.items():
         if u in silent:
             continue
-        cts = tuple(f"{u}->{v}".encode().ljust(24, b".") for v in receivers)
+        cts = tuple(f"{u}->{v}".encode().ljust(SEALED_BYTES, b".") for v in receivers)
         router.add(
             EncryptedShares(
                 cfg.session_id,
@@ -156,7 +156,9 @@ def test_share_router_routes_like_the_naive_loop() -> None:
     for v, delivery in got.items():
         senders = tuple(u for u in sorted(router.sealed) if v in present[u])
         assert delivery.senders == senders
-        assert delivery.ciphertexts == tuple(f"{u}->{v}".encode().ljust(24, b".") for u in senders)
+        assert delivery.ciphertexts == tuple(
+            f"{u}->{v}".encode().ljust(SEALED_BYTES, b".") for u in senders
+        )
 
 
 def test_revealed_shares_view_and_batched_reconstruction() -> None:
@@ -252,3 +254,20 @@ def test_ring_connectivity_rule_matches_a_bfs(
     skipped = 2 * (t + 1) > len(survivors) or (t >= h + 1 and n >= 3 * h + 1)
     if not skipped:  # no lemma covers it: the server's check is the ring rule
         assert disconnected_blocks(config, survivors, partners) == ([] if connected else [0])
+
+
+@pytest.mark.parametrize("size", [SEALED_BYTES - 1, SEALED_BYTES + 1, 24])
+def test_router_refuses_shares_sealed_at_another_length(size: int) -> None:
+    """Deliveries are built without re-checking (messages.trusted): a party whose records have
+    another length than an honest sealed pair is refused when its message arrives, so no
+    delivery ever mixes lengths (which no receiver could decode)."""
+    cfg = _config(12, 4)
+    present = {u: cfg.neighbors(u) for u in range(cfg.num_parties)}
+    router = ShareRouter(cfg, present)
+    bad = EncryptedShares(
+        cfg.session_id, 0, 3, 0xFFFFFFFF, receivers=present[3],
+        ciphertexts=tuple(bytes(size) for _ in present[3]), self_mask_commitment=bytes(32),
+    )  # fmt: skip
+    with pytest.raises(RemoteProtocolError, match=f"party 3 sealed shares of {size} bytes"):
+        router.add(bad)
+    assert 3 not in router.sealed

@@ -27,6 +27,8 @@ SELF_SHARE_BYTES = 4 * shamir.limbs_for(SEED_BYTES)
 KEY_SHARE_BYTES = 4 * shamir.limbs_for(MASK_KEY_BYTES)
 _PLAIN = struct.Struct(">II")
 PLAINTEXT_BYTES = _PLAIN.size + SELF_SHARE_BYTES + KEY_SHARE_BYTES
+#: Length of every sealed pair of shares (nonce, ciphertext, tag).
+SEALED_BYTES = PLAINTEXT_BYTES + aead.OVERHEAD
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,13 @@ class ShareRouter:
         if message.receivers != self.present[u]:
             raise RemoteProtocolError(
                 f"party {u} must seal shares for exactly its neighbours in U1"
+            )
+        # A message's records share one length (decoder); every sender's must be the one an
+        # honest party seals, or a delivery would mix lengths and no receiver could decode it.
+        if message.ciphertexts and len(message.ciphertexts[0]) != SEALED_BYTES:
+            raise RemoteProtocolError(
+                f"party {u} sealed shares of {len(message.ciphertexts[0])} bytes, expected"
+                f" {SEALED_BYTES}"
             )
         self.sealed[u] = message.ciphertexts
         self.commitments[u] = message.self_mask_commitment
