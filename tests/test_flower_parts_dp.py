@@ -13,6 +13,7 @@ import math
 import sys
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ from secagg.flower.partwise import (
     UPDATE_RECORD,
     PartwiseDP,
     PartwiseDPAccountant,
+    PartwiseResult,
     PrivacyBudgetError,
     partwise_aggregate,
 )
@@ -94,6 +96,29 @@ def clipped_sums(
     return sums
 
 
+def dp_round(
+    grid: InProcessGrid,
+    blocks: tuple[int, ...],
+    holdings: dict[int, tuple[int, ...]],
+    ids: list[int],
+    dp: PartwiseDPAccountant,
+    *,
+    round_index: int = 1,
+    **extra: Any,
+) -> PartwiseResult:
+    """One part-wise round with distributed DP over ``grid`` (empty per-node content)."""
+    return partwise_aggregate(
+        grid,
+        blocks,
+        holdings,
+        {nid: RecordDict() for nid in ids},
+        round_index=round_index,
+        clip=1.0,
+        dp=dp,
+        **({"min_holders": MIN_HOLDERS, "threshold": THRESHOLD} | extra),
+    )
+
+
 def test_every_released_block_sum_carries_the_calibrated_noise() -> None:
     blocks = (600, 500, 400, 450, 550)
     ids, holdings = layout(blocks)
@@ -108,17 +133,7 @@ def test_every_released_block_sum_carries_the_calibrated_noise() -> None:
     check_metrics_hidden(grid, metrics_seen)
     settings = PartwiseDP(epsilon=4.0, delta=1e-5, clip=1.0, rounds=3)
     ledger = PartwiseDPAccountant(settings)
-    result = partwise_aggregate(
-        grid,
-        blocks,
-        holdings,
-        {nid: RecordDict() for nid in ids},
-        round_index=1,
-        clip=1.0,
-        min_holders=MIN_HOLDERS,
-        threshold=THRESHOLD,
-        dp=ledger,
-    )
+    result = dp_round(grid, blocks, holdings, ids, ledger)
     assert result.dp is not None and result.uploaders is None
     assert result.report.dropped == (dropped,)
     assert not metrics_seen, "a node's metrics reached the server in a DP round"
@@ -158,17 +173,7 @@ def run_rounds(ledger: PartwiseDPAccountant, rounds: int, trained: list[int]) ->
     grid = InProcessGrid(client_app(updates, trained, []), ids)
     spent = []
     for r in range(1, rounds + 1):
-        result = partwise_aggregate(
-            grid,
-            blocks,
-            holdings,
-            {nid: RecordDict() for nid in ids},
-            round_index=r,
-            clip=1.0,
-            min_holders=MIN_HOLDERS,
-            threshold=THRESHOLD,
-            dp=ledger,
-        )
+        result = dp_round(grid, blocks, holdings, ids, ledger, round_index=r)
         assert result.dp is not None
         spent.append(result.dp.epsilon)
     return spent
@@ -214,15 +219,15 @@ def test_dp_settings_and_count_channel_are_checked() -> None:
     ids, holdings = layout(blocks)
     grid = InProcessGrid(client_app({}, [], []), ids)
     with pytest.raises(ConfigError, match="count_channel"):
-        partwise_aggregate(
+        dp_round(
             grid,
             blocks,
             holdings,
-            {nid: RecordDict() for nid in ids},
-            round_index=1,
-            clip=1.0,
+            ids,
+            PartwiseDPAccountant(PartwiseDP(epsilon=1.0)),
             count_channel=True,
-            dp=PartwiseDPAccountant(PartwiseDP(epsilon=1.0)),
+            min_holders=3,  # partwise_aggregate's defaults, as this check always ran with
+            threshold=None,
         )
 
 
@@ -274,17 +279,7 @@ def test_a_node_refuses_a_dp_round_whose_flags_would_go_unnoised() -> None:
         return msg
 
     grid = InProcessGrid(client_app(updates, [], []), ids, to_node=lying_server)
-    result = partwise_aggregate(
-        grid,
-        blocks,
-        holdings,
-        {nid: RecordDict() for nid in ids},
-        round_index=1,
-        clip=1.0,
-        min_holders=MIN_HOLDERS,
-        threshold=THRESHOLD,
-        dp=PartwiseDPAccountant(PartwiseDP(epsilon=4.0)),
-    )
+    result = dp_round(grid, blocks, holdings, ids, PartwiseDPAccountant(PartwiseDP(epsilon=4.0)))
     assert result.report.dropped == (target,)
     assert "count_channel" in result.report.refused[target]
 

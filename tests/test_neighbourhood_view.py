@@ -261,6 +261,23 @@ NEVER = st.sampled_from(["absent"] * 6 + ["alive", "dropped"])  # neighbour u ne
 OTHER = st.sampled_from(["alive"] * 4 + ["dropped"] * 4 + ["absent"] * 4 + ["both"])
 
 
+def _draw_status(
+    data: st.DataObject, n: int, u: int, partners: set[int], neighbours: set[int]
+) -> dict[int, str]:
+    """A status for every party of the round as ``u`` could be told it, drawn per kind of
+    party (u itself, its partners, neighbours it never masked with, everyone else)."""
+    status = {}
+    for p in range(n):
+        if p == u:
+            kind = SELF
+        elif p in partners:
+            kind = PARTNER
+        else:
+            kind = NEVER if p in neighbours else OTHER
+        status[p] = data.draw(kind, label=f"status of {p}")
+    return status
+
+
 def _lists_from(status: Mapping[int, str]) -> Lists:
     alive = tuple(sorted(p for p, s in status.items() if s in ("alive", "both")))
     gone = tuple(sorted(p for p, s in status.items() if s in ("dropped", "both")))
@@ -286,15 +303,7 @@ def test_an_answer_depends_only_on_the_partners_status(
     u = data.draw(st.sampled_from(sorted(r.masked_senders)), label="party")
     partners = peers(r, u)
     neighbours = set(cfg.neighbors(u))
-    status = {}
-    for p in range(cfg.num_parties):
-        if p == u:
-            kind = SELF
-        elif p in partners:
-            kind = PARTNER
-        else:
-            kind = NEVER if p in neighbours else OTHER
-        status[p] = data.draw(kind, label=f"status of {p}")
+    status = _draw_status(data, cfg.num_parties, u, set(partners), neighbours)
     if data.draw(st.sampled_from([False] * 7 + [True]), label="ids outside the round"):
         status[cfg.num_parties] = status[cfg.num_parties + 3] = "alive"
     lists = _lists_from(status)
@@ -721,15 +730,7 @@ def test_where_the_global_list_matters_more_survivors_only_add_protection(
     u = data.draw(st.sampled_from(sorted(r.masked_senders)), label="party")
     partners = set(peers(r, u))
     neighbours = set(cfg.neighbors(u))
-    status = {}
-    for p in range(cfg.num_parties):
-        if p == u:
-            kind = SELF
-        elif p in partners:
-            kind = PARTNER
-        else:
-            kind = NEVER if p in neighbours else OTHER
-        status[p] = data.draw(kind, label=f"status of {p}")
+    status = _draw_status(data, cfg.num_parties, u, set(partners), neighbours)
     lists = _lists_from(status)
     more = dict(status)
     for p in range(cfg.num_parties):
